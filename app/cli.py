@@ -1,0 +1,165 @@
+"""`hearth` on the command line: thin calls into the same runtime services the studio uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from app import __version__
+
+DESCRIPTION = """Hearth: a desktop studio for local large language models.
+
+Run `hearth` with no arguments to open the studio window."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hearth", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hearth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="chat with a model: one answer for a prompt, or an interactive session without one")
+    chat.add_argument("prompt", nargs="?", help="the question; omit it for an interactive session (type /exit to leave)")
+    chat.add_argument("--model", help="library id, name or path of a GGUF file (default: the embedded model)")
+    chat.add_argument("--backend", default="auto", help="auto or llama.cpp (default: auto)")
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument("--temperature", type=float, help="randomness; 0 is greedy (default 0.7)")
+    chat.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
+    chat.add_argument("--top-k", type=int, help="sample from the k most likely tokens; 0 = all (default 40)")
+    chat.add_argument("--min-p", type=float, help="drop tokens below this fraction of the best one (default 0.05)")
+    chat.add_argument("--repeat-penalty", type=float, help="penalty for repeating recent tokens (default 1.1)")
+    chat.add_argument("--max-tokens", type=int, help="longest answer in tokens (default 512)")
+    chat.add_argument("--seed", type=int, help="random seed, for repeatable answers")
+    chat.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+    chat.add_argument("--ctx", type=int, help="context length to load the model with")
+    chat.add_argument("--stats", action="store_true", help="print tokens, tokens/s and time to first token to stderr")
+
+    sub.add_parser("models", help="list the models in the library")
+    sub.add_parser("hardware", help="print the detected hardware as JSON")
+
+    bench = sub.add_parser("bench", help="measure the figures in the README and write them as JSON")
+    bench.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON here as well as to stdout")
+    bench.add_argument("--runs", type=int, default=5, help="alternating runs per side (default 5)")
+    bench.add_argument("--tokens", type=int, default=128, help="tokens to decode per run (default 128)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from app.runtime.protocol import RuntimeFailure
+
+    try:
+        return COMMANDS[args.command](args)
+    except RuntimeFailure as exc:
+        print(f"hearth: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from app.runtime.client import InProcessClient
+
+    return InProcessClient()
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    sampling = {
+        key: value
+        for key, value in {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "min_p": args.min_p,
+            "repeat_penalty": args.repeat_penalty,
+            "max_tokens": args.max_tokens,
+            "seed": args.seed,
+            "stop": args.stop,
+        }.items()
+        if value is not None
+    }
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    client = _client()
+    try:
+        if args.ctx is not None or args.model is not None:
+            client.call("engine.load", {"model": args.model, "backend": args.backend, "n_ctx": args.ctx})
+        if args.prompt is not None:
+            messages.append({"role": "user", "content": args.prompt})
+            _answer(client, messages, args, sampling)
+            return 0
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line or line.strip() in ("/exit", "/quit"):
+                return 0
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line.rstrip("\n")})
+            reply = _answer(client, messages, args, sampling)
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        client.close()
+
+
+def _answer(client: Any, messages: list[dict[str, str]], args: argparse.Namespace, sampling: dict[str, Any]) -> str:
+    params = {"messages": messages, "model": args.model, "backend": args.backend, "sampling": sampling}
+    result: dict[str, Any] = {}
+    for event in client.stream("chat", params):
+        if event.event.value == "token":
+            sys.stdout.write(event.data["text"])
+            sys.stdout.flush()
+        elif event.event.value == "result":
+            result = event.data
+    sys.stdout.write("\n")
+    if args.stats:
+        usage, timings = result.get("usage", {}), result.get("timings", {})
+        print(
+            f"[{usage.get('completion_tokens')} tokens · {timings.get('decode_tps')} tok/s · first token {timings.get('ttft_ms')} ms · {result.get('finish_reason')}]",
+            file=sys.stderr,
+        )
+    return str(result.get("text", ""))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from app.runtime.services import Services
+
+    models = Services().models()
+    if not models:
+        print("The library is empty. Run `make install` to add the embedded model.", file=sys.stderr)
+        return 1
+    print(f"{'ID':40} {'ARCH':10} {'PARAMS':>8} {'QUANT':8} {'SIZE':>9} {'CTX':>6}  SOURCE")
+    for m in models:
+        print(f"{m.id:40} {m.architecture:10} {m.parameters / 1e6:>7.0f}M {m.quantization:8} {m.file_size / 2**20:>7.1f}MB {m.context_length:>6}  {m.source}: {m.path}")
+    return 0
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from app.runtime.hardware import probe
+
+    print(json.dumps(probe().to_dict(), indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from app.runtime.bench import run_bench
+
+    report = run_bench(runs=args.runs, n_tokens=args.tokens)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+COMMANDS = {"chat": cmd_chat, "models": cmd_models, "hardware": cmd_hardware, "bench": cmd_bench}

@@ -1,0 +1,76 @@
+"""What every backend offers the engine: load with explicit options, stream a chat, close."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from app.runtime.protocol import Sampling
+
+TokenSink = Callable[[str], None]
+IsCancelled = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything a backend needs to load a model; each value comes with the reason it was chosen."""
+
+    n_ctx: int
+    n_threads: int
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    flash_attn: bool = False
+    use_mmap: bool = True
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused from the previous turn
+    prompt_seconds: float  # prompt processing, up to the first token
+    decode_seconds: float  # from the first token to the last
+
+    @property
+    def decode_tps(self) -> float:
+        # The first token comes out of prompt processing; the rest are decode steps.
+        steps = self.completion_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cached_tokens": self.cached_tokens,
+            },
+            "timings": {
+                "ttft_ms": round(self.prompt_seconds * 1000, 2),
+                "decode_seconds": round(self.decode_seconds, 4),
+                "decode_tps": round(self.decode_tps, 2),
+            },
+        }
+
+
+class Backend(Protocol):
+    name: str
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        sampling: Sampling,
+        *,
+        on_token: TokenSink,
+        is_cancelled: IsCancelled,
+    ) -> Completion: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,144 @@
+"""Routes requests to services; the heart of the worker, also used in-process by the CLI and tests.
+
+Quick methods (ping, cancel, listings) answer on the caller's thread at once, so a cancel is never
+stuck behind the generation it wants to stop. Jobs (load, chat) run one at a time, in order, on
+one job thread: a model has one context, and queueing is fairer than refusing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app import __version__
+from app.runtime.jobs import Emit, JobState
+from app.runtime.protocol import (
+    PROTOCOL_VERSION,
+    ErrorKind,
+    Event,
+    EventKind,
+    Method,
+    ProtocolError,
+    Request,
+    RuntimeFailure,
+    decode_request,
+)
+from app.runtime.services import Services
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    handler: Handler
+    is_job: bool  # True: runs on the job thread, in order
+
+
+class Dispatcher:
+    def __init__(self, emit: Emit, services: Services | None = None) -> None:
+        self._emit = emit
+        self.services = services or Services()
+        self._jobs: dict[str, JobState] = {}
+        self._jobs_lock = threading.Lock()
+        self._queue: queue.Queue[tuple[Request, JobState, MethodSpec] | None] = queue.Queue()
+        self.shutting_down = False
+        self._methods: dict[str, MethodSpec] = {
+            Method.PING.value: MethodSpec(self._ping, is_job=False),
+            Method.CANCEL.value: MethodSpec(self._cancel, is_job=False),
+            Method.SHUTDOWN.value: MethodSpec(self._shutdown, is_job=False),
+            **{name: MethodSpec(handler, is_job) for name, (handler, is_job) in self.services.methods().items()},
+        }
+        self._thread = threading.Thread(target=self._run_jobs, name="hearth-jobs", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def hello() -> Event:
+        return Event(None, EventKind.HELLO, {"protocol": PROTOCOL_VERSION, "version": __version__})
+
+    def submit_line(self, line: str | bytes) -> None:
+        """Decode one protocol line and submit it; a bad line gets an error event, never an exception."""
+        try:
+            request = decode_request(line)
+        except ProtocolError as exc:
+            self._emit(Event.error(exc.request_id, exc.kind, str(exc)))
+            return
+        self.submit(request)
+
+    def submit(self, request: Request) -> None:
+        spec = self._methods.get(request.method)
+        if spec is None:
+            known = ", ".join(sorted(self._methods))
+            self._emit(Event.error(request.id, ErrorKind.UNKNOWN_METHOD, f"Unknown method {request.method!r}. Known: {known}."))
+            return
+        state = JobState(request.id, self._emit)
+        if not spec.is_job:
+            self._execute(request, state, spec)
+            return
+        with self._jobs_lock:
+            if request.id in self._jobs:
+                self._emit(Event.error(request.id, ErrorKind.BAD_MESSAGE, f"Request id {request.id!r} is already in use."))
+                return
+            self._jobs[request.id] = state
+        self._queue.put((request, state, spec))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel everything, stop the job thread and release models."""
+        with self._jobs_lock:
+            for state in self._jobs.values():
+                state.cancel()
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self.services.close()
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _run_jobs(self) -> None:
+        while (item := self._queue.get()) is not None:
+            request, state, spec = item
+            try:
+                if state.cancelled:
+                    self._emit(Event.error(request.id, ErrorKind.CANCELLED, "Cancelled before it started."))
+                else:
+                    self._execute(request, state, spec)
+            finally:
+                with self._jobs_lock:
+                    self._jobs.pop(request.id, None)
+
+    def _execute(self, request: Request, state: JobState, spec: MethodSpec) -> None:
+        try:
+            result = spec.handler(request.params, state)
+        except RuntimeFailure as exc:
+            log.info("%s %s failed: %s", request.method, request.id, exc.message)
+            self._emit(Event.error(request.id, exc.kind, exc.message, exc.detail))
+        except MemoryError:
+            log.exception("%s %s ran out of memory", request.method, request.id)
+            self._emit(Event.error(request.id, ErrorKind.OUT_OF_MEMORY, "The runtime ran out of memory. Try a smaller model or context."))
+        except Exception as exc:  # the worker must answer every request, whatever broke
+            log.exception("%s %s failed unexpectedly", request.method, request.id)
+            self._emit(Event.error(request.id, ErrorKind.INTERNAL, f"Internal error: {exc}", traceback.format_exc()))
+        else:
+            self._emit(Event(request.id, EventKind.RESULT, result))
+
+    def _ping(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        return {"pong": True, "protocol": PROTOCOL_VERSION}
+
+    def _cancel(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        target = params.get("target")
+        if not isinstance(target, str):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "cancel needs 'target', the id of the request to stop")
+        with self._jobs_lock:
+            job = self._jobs.get(target)
+        if job is not None:
+            job.cancel()
+        return {"target": target, "found": job is not None}
+
+    def _shutdown(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        self.shutting_down = True
+        return {"shutting_down": True}

@@ -1,0 +1,114 @@
+"""What this machine has: CPU cores and SIMD, RAM, GPUs and their VRAM.
+
+First version: the probe reads /proc/cpuinfo (or the platform module), psutil and torch.cuda.
+torch is imported only when it is installed and only inside the probe, so a process that never
+asks about GPUs never pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    vendor: str  # "nvidia" | "amd" | "apple"
+    vram_total: int  # bytes
+    vram_free: int  # bytes
+    compute_capability: str | None = None
+    memory_bandwidth: int | None = None  # bytes/s; None = look it up from the name (planner.speed)
+    unified_memory: bool = False  # True where the GPU shares the system RAM (Apple silicon)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_name: str
+    cpu_cores_physical: int
+    cpu_cores_logical: int
+    simd: tuple[str, ...]
+    ram_total: int  # bytes
+    ram_available: int  # bytes
+    gpus: tuple[Gpu, ...] = ()
+    os: str = field(default_factory=platform.system)
+    source: str = "probe"  # "probe" or the name of a hardware profile
+    ram_bandwidth: int | None = None  # bytes/s; None = estimated from the CPU (planner.speed)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["simd"] = list(self.simd)
+        data["gpus"] = [asdict(g) for g in self.gpus]
+        return data
+
+
+def probe() -> Hardware:
+    memory = psutil.virtual_memory()
+    logical = os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    return Hardware(
+        cpu_name=_cpu_name(),
+        cpu_cores_physical=physical,
+        cpu_cores_logical=logical,
+        simd=_simd_flags(),
+        ram_total=memory.total,
+        ram_available=memory.available,
+        gpus=_torch_gpus(),
+    )
+
+
+def _cpu_info_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return fh.read().splitlines()
+    except OSError:
+        return []
+
+
+def _cpu_name() -> str:
+    for line in _cpu_info_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _simd_flags() -> tuple[str, ...]:
+    for line in _cpu_info_lines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return tuple(f for f in _SIMD_FLAGS if f in present)
+    if platform.machine() in ("arm64", "aarch64"):
+        return ("neon",)
+    return ()
+
+
+def _torch_gpus() -> tuple[Gpu, ...]:
+    try:
+        import torch
+    except ImportError:
+        return ()
+    gpus = []
+    try:
+        if torch.cuda.is_available():
+            vendor = "amd" if getattr(torch.version, "hip", None) else "nvidia"
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                free, total = torch.cuda.mem_get_info(index)
+                gpus.append(Gpu(index, props.name, vendor, total, free, f"{props.major}.{props.minor}"))
+    except RuntimeError as exc:  # a driver that is present but broken must not stop the studio
+        log.warning("CUDA is installed but the GPU could not be queried: %s", exc, exc_info=True)
+    return tuple(gpus)

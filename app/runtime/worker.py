@@ -1,0 +1,96 @@
+"""The worker process: protocol lines in on stdin, events out on the real stdout.
+
+At start, fd 1 is duplicated for the protocol and then re-pointed at stderr, so a chatty native
+library (llama.cpp prints to stdout) can never corrupt the stream. The worker exits by itself
+when its stdin closes or its parent dies, so no orphan keeps a model in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import threading
+from typing import BinaryIO
+
+from app.runtime.protocol import Event
+
+log = logging.getLogger("app.runtime.worker")
+
+PARENT_POLL_SECONDS = 1.0
+
+
+def main() -> int:
+    protocol_out = _take_stdout()
+    _setup_logging()
+    _watch_parent()
+
+    from app.runtime.dispatcher import Dispatcher  # after the fd swap: imports may print
+
+    write_lock = threading.Lock()
+
+    def emit(event: Event) -> None:
+        data = event.encode().encode("utf-8")
+        with write_lock:
+            try:
+                protocol_out.write(data)
+                protocol_out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                os._exit(0)  # nobody is listening any more
+
+    dispatcher = Dispatcher(emit)
+    emit(Dispatcher.hello())
+    log.info("worker %s ready", os.getpid())
+    for line in sys.stdin.buffer:
+        if line.strip():
+            dispatcher.submit_line(line)
+        if dispatcher.shutting_down:
+            break
+    log.info("worker %s: stdin closed or shutdown requested; exiting", os.getpid())
+    threading.Thread(target=dispatcher.close, daemon=True).start()
+    # Give the job thread a moment to stop cleanly, then leave even if native code is stuck.
+    threading.Event().wait(2.0)
+    protocol_out.flush()
+    os._exit(0)
+
+
+def _take_stdout() -> BinaryIO:
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+def _setup_logging() -> None:
+    from app.paths import paths
+
+    level = os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        log_dir = paths().logs
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(log_dir / "worker.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"))
+    except OSError as exc:  # a read-only home must not stop the runtime
+        print(f"hearth worker: cannot write the log file: {exc}", file=sys.stderr)
+    logging.basicConfig(level=level, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s", handlers=handlers)
+
+
+def _watch_parent() -> None:
+    """Exit when the parent dies, even if our stdin pipe was inherited by someone else.
+
+    Not PR_SET_PDEATHSIG: Linux sends it when the parent *thread* ends, and the client restarts
+    workers from a reader thread that ends right after.
+    """
+    parent = os.getppid()
+
+    def poll() -> None:
+        import psutil
+
+        while True:
+            threading.Event().wait(PARENT_POLL_SECONDS)
+            if os.getppid() != parent or not psutil.pid_exists(parent):
+                log.warning("parent %s is gone; worker exiting", parent)
+                os._exit(0)
+
+    threading.Thread(target=poll, name="hearth-parent-watch", daemon=True).start()

@@ -1,0 +1,84 @@
+"""Typed user settings with a schema version and migrations.
+
+The file is JSON in the user config folder. Unknown keys from a newer Hearth are kept, so that a
+downgrade never throws the user's choices away; a file that cannot be read is moved aside (never
+deleted) and defaults are used, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from app.paths import paths
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Each step turns the dict of schema version N into version N+1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass
+class Settings:
+    schema_version: int = SCHEMA_VERSION
+    model_dirs: list[str] = field(default_factory=list)
+    default_model: str | None = None  # a model id from the library; None = the embedded model
+    default_backend: str = "auto"
+    n_threads: int | None = None  # None = chosen from the hardware
+    context_length: int | None = None  # None = chosen from the model and the hardware
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Settings:
+        raw = migrate(dict(raw))
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known and k != "extra"}
+        extra = {k: v for k, v in raw.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return {**extra, **data}
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    version = int(raw.get("schema_version", 1))
+    while version < SCHEMA_VERSION:
+        raw = MIGRATIONS[version](raw)
+        version += 1
+        raw["schema_version"] = version
+    return raw
+
+
+def load(path: Path | None = None) -> Settings:
+    path = path or paths().settings_file
+    if not path.exists():
+        return Settings()
+    try:
+        return Settings.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        log.warning("settings file %s is unreadable (%s); moved to %s, using defaults", path, exc, aside)
+        path.replace(aside)
+        return Settings()
+
+
+def save(settings: Settings, path: Path | None = None) -> None:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path = path or paths().settings_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(settings.to_dict(), fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
