@@ -1,0 +1,44 @@
+"""The conversation store: every chat Hearth has had, in one SQLite file.
+
+Qt-free and torch-free (standard library only) so that the GUI process can own it and a worker
+crash never touches it. Open with `ChatStore(paths().chats_db)`; see `store` for the operations
+and `schema` for durability choices.
+"""
+
+from __future__ import annotations
+
+from app.chats.errors import (
+    ChatImportError,
+    ChatStoreError,
+    DatabaseUnreadable,
+    InvalidOperation,
+    NotFound,
+    SchemaTooNew,
+)
+from app.chats.models import (
+    Conversation,
+    ConversationSnapshot,
+    Message,
+    MessageState,
+    Role,
+    SearchHit,
+)
+from app.chats.schema import SCHEMA_VERSION
+from app.chats.store import ChatStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChatImportError",
+    "ChatStore",
+    "ChatStoreError",
+    "Conversation",
+    "ConversationSnapshot",
+    "DatabaseUnreadable",
+    "InvalidOperation",
+    "Message",
+    "MessageState",
+    "NotFound",
+    "Role",
+    "SchemaTooNew",
+    "SearchHit",
+]
