@@ -133,7 +133,7 @@ def _answer(client: Any, messages: list[dict[str, str]], args: argparse.Namespac
 def cmd_models(args: argparse.Namespace) -> int:
     from app.runtime.services import Services
 
-    models = Services().models()
+    models = Services(warm_up=False).models()
     if not models:
         print("The library is empty. Run `make install` to add the embedded model.", file=sys.stderr)
         return 1

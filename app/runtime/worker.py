@@ -48,9 +48,10 @@ def main() -> int:
         if dispatcher.shutting_down:
             break
     log.info("worker %s: stdin closed or shutdown requested; exiting", os.getpid())
-    threading.Thread(target=dispatcher.close, daemon=True).start()
     # Give the job thread a moment to stop cleanly, then leave even if native code is stuck.
-    threading.Event().wait(2.0)
+    closer = threading.Thread(target=dispatcher.close, daemon=True)
+    closer.start()
+    closer.join(2.0)
     protocol_out.flush()
     os._exit(0)
 

@@ -6,7 +6,7 @@ thread (they touch the model), the others answer at once.
 
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,19 @@ Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
 
 
 class Services:
-    def __init__(self) -> None:
+    def __init__(self, *, warm_up: bool = True) -> None:
         self.engine = EngineService(models=self.models, hardware=self.hardware)
+        self._hardware: hardware.Hardware | None = None
+        self._hardware_lock = threading.Lock()
+        if warm_up:
+            # The GPU probe imports torch (seconds); do it while the person is still typing.
+            threading.Thread(target=self.hardware, name="hearth-hardware-probe", daemon=True).start()
 
-    @functools.cache  # noqa: B019 - one Services per process; the probe is slow-ish and stable
     def hardware(self) -> hardware.Hardware:
-        return hardware.probe()
+        with self._hardware_lock:
+            if self._hardware is None:
+                self._hardware = hardware.probe()
+            return self._hardware
 
     def models(self) -> list[library.ModelInfo]:
         from app import settings as settings_module

@@ -1,0 +1,126 @@
+"""The Models page: the local library as a table; load a model for chat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget
+
+from app.runtime.protocol import Method
+from app.ui.bridge import RuntimeBridge
+
+Index = QModelIndex | QPersistentModelIndex
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Name", "name"),
+    ("Architecture", "architecture"),
+    ("Parameters", "parameters"),
+    ("Quantization", "quantization"),
+    ("Size", "file_size"),
+    ("Context", "context_length"),
+    ("Source", "source"),
+    ("Path", "path"),
+)
+
+
+def _format(key: str, value: Any) -> str:
+    if key == "parameters":
+        return f"{value / 1e9:.1f} B" if value >= 1e9 else f"{value / 1e6:.0f} M"
+    if key == "file_size":
+        return f"{value / 2**30:.2f} GB" if value >= 2**30 else f"{value / 2**20:.1f} MB"
+    if key == "context_length":
+        return f"{value:,}"
+    return str(value)
+
+
+class LibraryTableModel(QAbstractTableModel):
+    """A table over the plain model records (dicts of ModelInfo) the worker sends."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._rows: list[dict[str, Any]] = []
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row = self._rows[index.row()]
+        key = COLUMNS[index.column()][1]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return _format(key, row.get(key, ""))
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return row.get("path")
+        if role == Qt.ItemDataRole.UserRole:
+            return row
+        return None
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section][0]
+        return None
+
+    def set_models(self, models: list[dict[str, Any]]) -> None:
+        self.beginResetModel()
+        self._rows = list(models)
+        self.endResetModel()
+
+    def model_at(self, row: int) -> dict[str, Any]:
+        return self._rows[row]
+
+
+class ModelsPage(QWidget):
+    sig_models_changed = Signal(list)  # the library's model records
+    sig_load_requested = Signal(str)  # a model id chosen for chat
+
+    def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._bridge = bridge
+        self._list_request: str | None = None
+        self.table_model = LibraryTableModel(self)
+        self.table = QTableView(self)
+        self.table.setModel(self.table_model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().hide()
+        self.table.doubleClicked.connect(lambda index: self._use(index.row()))
+        self.status = QLabel("Reading the library…", self)
+        refresh = QPushButton("Refresh", self)
+        refresh.clicked.connect(self.refresh)
+        self.use_button = QPushButton("Chat with this model", self)
+        self.use_button.clicked.connect(lambda: self._use(self.table.currentIndex().row()))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(refresh)
+        buttons.addWidget(self.use_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
+        bridge.sig_finished.connect(self._on_finished)
+        bridge.sig_failed.connect(self._on_failed)
+
+    def refresh(self) -> None:
+        self._list_request = self._bridge.request(Method.MODELS_LIST)
+
+    def _use(self, row: int) -> None:
+        if 0 <= row < self.table_model.rowCount():
+            self.sig_load_requested.emit(str(self.table_model.model_at(row)["id"]))
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self._list_request:
+            return
+        models = result.get("models", [])
+        self.table_model.set_models(models)
+        self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} in the library.")
+        self.sig_models_changed.emit(models)
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id == self._list_request:
+            self.status.setText(f"Could not read the library: {message}")

@@ -1,0 +1,77 @@
+"""The llama.cpp backend on the real model: template, sampling, stop strings, prefix reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.runtime.backends.base import LoadOptions
+from app.runtime.backends.llama_cpp import LlamaCppBackend, _StreamText
+from app.runtime.protocol import Sampling
+
+GREEDY = Sampling(temperature=0.0, max_tokens=24)
+HELLO = [{"role": "user", "content": "Name three colors."}]
+
+
+@pytest.fixture(scope="module")
+def backend(model_path: Path) -> Iterator[LlamaCppBackend]:
+    loaded = LlamaCppBackend(model_path, LoadOptions(n_ctx=1024, n_threads=2))
+    yield loaded
+    loaded.close()
+
+
+def _chat(backend: LlamaCppBackend, messages, sampling: Sampling) -> tuple[list[str], object]:  # type: ignore[no-untyped-def]
+    pieces: list[str] = []
+    result = backend.chat(messages, sampling, on_token=pieces.append, is_cancelled=lambda: False)
+    return pieces, result
+
+
+def test_greedy_answers_repeat_and_stream_exactly(backend: LlamaCppBackend) -> None:
+    pieces, first = _chat(backend, HELLO, GREEDY)
+    _, second = _chat(backend, HELLO, GREEDY)
+    assert "".join(pieces) == first.text == second.text and first.text.strip()
+    assert first.completion_tokens <= 24 and first.finish_reason in ("stop", "length")
+
+
+def test_chat_template_is_the_models_own(backend: LlamaCppBackend) -> None:
+    assert backend.template_source == "model"
+    prompt = backend._llm.detokenize(backend.tokenize_chat(HELLO), special=True).decode()
+    assert "<|im_start|>user\nName three colors.<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_max_tokens_and_stop_strings(backend: LlamaCppBackend) -> None:
+    _, capped = _chat(backend, [{"role": "user", "content": "Count from 1 to 50, separated by commas."}], Sampling(temperature=0, max_tokens=5))
+    assert capped.completion_tokens == 5 and capped.finish_reason == "length"
+    _, stopped = _chat(backend, [{"role": "user", "content": "Count from 1 to 50, separated by commas."}], Sampling(temperature=0, max_tokens=80, stop=("5",)))
+    assert "5" not in stopped.text and stopped.finish_reason == "stop"
+
+
+def test_the_next_turn_reuses_the_cached_prefix(backend: LlamaCppBackend) -> None:
+    _, first = _chat(backend, HELLO, GREEDY)
+    follow = [*HELLO, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And three animals?"}]
+    _, second = _chat(backend, follow, GREEDY)
+    assert second.cached_tokens >= first.prompt_tokens
+
+
+def test_seeded_sampling_is_repeatable(backend: LlamaCppBackend) -> None:
+    hot = Sampling(temperature=1.0, max_tokens=16, seed=7)
+    assert _chat(backend, HELLO, hot)[1].text == _chat(backend, HELLO, hot)[1].text
+
+
+def test_cancel_stops_after_the_current_token(backend: LlamaCppBackend) -> None:
+    pieces: list[str] = []
+    result = backend.chat(HELLO, Sampling(max_tokens=200), on_token=pieces.append, is_cancelled=lambda: len(pieces) >= 2)
+    assert result.finish_reason == "cancelled" and result.completion_tokens <= 3
+
+
+def test_stream_text_holds_back_partial_characters_and_stop_strings() -> None:
+    text = _StreamText(stop=["</s>"])
+    assert text.feed("é".encode()[:1]) == ("", False)  # half a character waits
+    assert text.feed("é".encode()[1:] + b"ok<") == ("éok", False)  # "<" may start the stop string
+    assert text.feed(b"/s> tail") == ("", True)
+    assert text.text == "éok"
+    plain = _StreamText(stop=[])
+    plain.feed(b"a<")
+    assert plain.flush(False) == "" and plain.text == "a<"
