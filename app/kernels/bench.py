@@ -1,0 +1,219 @@
+"""Measured figures for the quantized linear at SmolLM2-like shapes, batch 1 (one decode step).
+
+For each (out, in) shape it times, on whatever device is present:
+
+* ``dense``: ``F.linear`` with the unquantized weight in the activation dtype (what quantization is
+  meant to beat on bandwidth);
+* ``reference``: Hearth's torch reference (dequantize to fp32 + matmul, the CPU path);
+* ``torch_int8pack_mm`` / ``torch_int4pack_mm``: torch's own weight-only kernels
+  (``aten._weight_int8pack_mm``; ``aten._weight_int4pack_mm``, the tinygemm kernel, on CUDA and
+  ``_weight_int4pack_mm_for_cpu`` on the CPU), fed the same quantized weights;
+* ``triton``: Hearth's Triton kernel, on a GPU only (interpreter timings would mean nothing).
+
+Each timing gives the median microseconds per call and the effective bandwidth: the bytes a fused
+kernel must read (quantized weight, scales, zero points and x) divided by the time, so that a slow
+path shows up as a low figure. ``max_abs_diff`` compares each path's output to the reference.
+Results are JSON-serializable; `hearth bench` writes them. Tests only check the keys.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import dispatch
+from .quant_linear import reference
+from .quant_linear.weights import Int4Weight, Int8Weight, quantize_int4, quantize_int8, unpack_int4
+
+SMOLLM2_SHAPES: tuple[tuple[int, int], ...] = ((576, 576), (1536, 576), (49152, 576))  # (out, in)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_us(fn: Callable[[], torch.Tensor], device: torch.device, min_time_s: float) -> float:
+    """Median microseconds per call over batches of calls, after a warm-up."""
+    for _ in range(3):
+        fn()
+    _sync(device)
+    per_call: list[float] = []
+    calls = 1
+    spent = 0.0
+    while spent < min_time_s or len(per_call) < 3:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        per_call.append(elapsed / calls)
+        spent += elapsed
+        if elapsed < 1e-3:
+            calls *= 2  # batch short calls so that timer resolution does not dominate
+    return statistics.median(per_call) * 1e6
+
+
+def _error(exc: Exception) -> dict[str, str]:
+    return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+
+
+def _measure(
+    fn: Callable[[], torch.Tensor],
+    *,
+    truth: torch.Tensor | None,
+    nbytes: int,
+    device: torch.device,
+    min_time_s: float,
+) -> dict[str, Any]:
+    try:
+        out = fn()
+        us = _time_us(fn, device, min_time_s)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        return _error(exc)
+    result: dict[str, Any] = {"us": round(us, 3), "gb_per_s": round(nbytes / (us * 1e3), 3)}
+    if truth is not None:
+        result["max_abs_diff"] = float((out.float() - truth.float()).abs().max())
+    return result
+
+
+def _int4pack_fn(x: torch.Tensor, w: Int4Weight) -> Callable[[], torch.Tensor]:
+    """torch's tinygemm int4 matmul on the same (symmetric) codes: w = (c - 8) * scale + 0."""
+    if not w.symmetric:
+        raise ValueError("the tinygemm comparison uses symmetric int4")
+    if w.in_features % w.group_size:
+        raise ValueError(f"tinygemm needs in_features divisible by the group size {w.group_size}")
+    k = w.in_features
+    tiles = [t for t in (8, 4, 2) if k % (16 * t) == 0]
+    if not tiles:
+        raise ValueError(f"tinygemm needs in_features divisible by 32, got {k}")
+    inner_k_tiles = tiles[0]
+    codes = unpack_int4(w.packed)[:, :k]  # uint8 [N, K]
+    scale_zero = torch.stack((w.scale.t(), torch.zeros_like(w.scale.t())), dim=-1)  # [G, N, 2]
+    if x.is_cuda:
+        xb = x.to(torch.bfloat16)
+        packed = torch.ops.aten._convert_weight_to_int4pack(
+            (codes[:, ::2] << 4 | codes[:, 1::2]).contiguous(), inner_k_tiles
+        )
+        sz = scale_zero.to(torch.bfloat16).contiguous()
+        return lambda: torch.ops.aten._weight_int4pack_mm(xb, packed, w.group_size, sz)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        codes.to(torch.int32), inner_k_tiles
+    )
+    sz = scale_zero.to(x.dtype).contiguous()
+    return lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, w.group_size, sz)
+
+
+def _int8pack_fn(x: torch.Tensor, w: Int8Weight) -> Callable[[], torch.Tensor]:
+    scale = w.scale.to(x.dtype)
+    return lambda: torch.ops.aten._weight_int8pack_mm(x, w.qweight, scale)
+
+
+def _triton_status(device: torch.device) -> str | None:
+    """None when the Triton kernels should be timed here, else why not."""
+    c = dispatch.choice()
+    if c.interpret:
+        return "Triton runs in its CPU interpreter here; its timings would mean nothing"
+    if not dispatch.runs_triton(device):
+        return f"Triton path not in use on {device.type}: {c.reason}"
+    return None
+
+
+def _bench_shape(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    group_size: int,
+    min_time_s: float,
+    triton_skip: str | None,
+) -> dict[str, Any]:
+    """All paths for one weight w [N, K] (fp32) and input x [M, K]."""
+    n, k = w.shape
+    dev = x.device
+    x_bytes = x.numel() * x.element_size()
+    w_dense = w.to(x.dtype)
+    entry: dict[str, Any] = {
+        "out_features": n,
+        "in_features": k,
+        "dense": _measure(
+            lambda: F.linear(x, w_dense),
+            truth=None,
+            nbytes=w_dense.numel() * w_dense.element_size() + x_bytes,
+            device=dev,
+            min_time_s=min_time_s,
+        ),
+    }
+    q4 = quantize_int4(w, group_size, symmetric=True)
+    variants: tuple[tuple[str, Any, Callable[..., Any], str, Callable[..., Any]], ...] = (
+        ("int8", quantize_int8(w), reference.linear_int8, "torch_int8pack_mm", _int8pack_fn),
+        ("int4", q4, reference.linear_int4, "torch_int4pack_mm", _int4pack_fn),
+    )
+    for name, qw, ref, torch_name, torch_fn in variants:
+        op = f"{name}_linear"
+        truth = ref(x, qw)
+        nbytes = qw.nbytes + x_bytes
+        block: dict[str, Any] = {"bytes_read": nbytes}
+
+        def measure(
+            fn: Callable[[], torch.Tensor], truth: torch.Tensor = truth, nbytes: int = nbytes
+        ) -> dict[str, Any]:
+            return _measure(fn, truth=truth, nbytes=nbytes, device=dev, min_time_s=min_time_s)
+
+        block["reference"] = measure(lambda f=ref, q=qw: f(x, q))
+        try:
+            alternative = torch_fn(x, qw)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            block[torch_name] = _error(exc)
+        else:
+            block[torch_name] = measure(alternative)
+        if triton_skip is None:
+            kernel = dispatch.resolve(op, dev)
+            block["triton"] = measure(lambda f=kernel, q=qw: f(x, q))
+        else:
+            block["triton"] = {"skipped": triton_skip}
+        entry[name] = block
+    return entry
+
+
+def run_kernel_bench(
+    *,
+    shapes: Sequence[tuple[int, int]] = SMOLLM2_SHAPES,
+    batch: int = 1,
+    group_size: int = 64,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    min_time_s: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the int8/int4 linear paths at ``shapes`` (out, in); see the module doc for the keys."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    dt = dtype if dtype is not None else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    triton_skip = _triton_status(dev)
+    results = []
+    for n, k in shapes:
+        w = (torch.randn(n, k, generator=gen) * 0.02).to(dev)  # [N, K] fp32
+        x = torch.randn(batch, k, generator=gen).to(dev, dt)  # [M, K]
+        results.append(
+            _bench_shape(
+                w, x, group_size=group_size, min_time_s=min_time_s, triton_skip=triton_skip
+            )
+        )
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": str(dt).removeprefix("torch."),
+        "batch": batch,
+        "int4_group_size": group_size,
+        "int4_symmetric": True,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "kernel_path": dispatch.choice().path,
+        "shapes": results,
+    }
