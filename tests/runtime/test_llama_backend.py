@@ -75,3 +75,20 @@ def test_stream_text_holds_back_partial_characters_and_stop_strings() -> None:
     plain = _StreamText(stop=[])
     plain.feed(b"a<")
     assert plain.flush(False) == "" and plain.text == "a<"
+
+
+def test_a_long_prompt_can_be_cancelled_before_the_first_token(backend: LlamaCppBackend) -> None:
+    long_prompt = [{"role": "user", "content": "Summarise this: " + "The quick brown fox jumps over the lazy dog. " * 60}]
+    checks: list[bool] = []
+
+    def cancel_on_second_check() -> bool:
+        checks.append(True)
+        return len(checks) >= 2
+
+    result = backend.chat(long_prompt, GREEDY, on_token=lambda _: None, is_cancelled=cancel_on_second_check)
+    assert result.prompt_tokens > 512 and result.finish_reason == "cancelled" and result.completion_tokens == 0
+    # The half-processed prompt leaves the context consistent: the same greedy answer as a clean run.
+    _, after = _chat(backend, long_prompt, GREEDY)
+    _chat(backend, HELLO, GREEDY)  # something else in between, so the last run starts cold
+    _, again = _chat(backend, long_prompt, GREEDY)
+    assert after.text == again.text and after.text.strip()

@@ -26,6 +26,9 @@ FALLBACK_TEMPLATE = (
 )
 
 
+PREFILL_CHUNK = 256  # tokens per prompt-processing step; about a second at the slowest CPU speeds
+
+
 class LlamaCppBackend:
     name = "llama.cpp"
 
@@ -95,12 +98,14 @@ class LlamaCppBackend:
                 "Start a new conversation or load the model with a longer context.",
             )
         cached = _common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt)
+        started = time.perf_counter()
+        if not self._prefill(prompt, cached, is_cancelled):
+            return Completion("", "cancelled", len(prompt), 0, cached, time.perf_counter() - started, 0.0)
         llm.set_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() & 0x7FFFFFFF))
         room = self.n_ctx - len(prompt)
         budget = min(sampling.max_tokens, room)
         text = _StreamText(sampling.stop)
         n_out, finish = 0, "length"
-        started = time.perf_counter()
         first_at = started
         generator = llm.generate(
             prompt,
@@ -144,6 +149,26 @@ class LlamaCppBackend:
             prompt_seconds=first_at - started,
             decode_seconds=ended - first_at,
         )
+
+    def _prefill(self, prompt: list[int], cached: int, is_cancelled: IsCancelled) -> bool:
+        """Evaluate the prompt's new tokens in chunks, checking cancel between them.
+
+        llama.cpp cannot be interrupted inside a decode call (an abort callback in Python would
+        run hundreds of times per token), so a long prompt is cut into pieces instead. The last
+        token is left to `Llama.generate`, which then finds the rest cached and samples at once.
+        Returns False when cancelled.
+        """
+        llm = self._llm
+        end = len(prompt) - 1
+        if cached >= end:
+            return True
+        llm.n_tokens = cached  # eval() drops any KV past this point before it decodes
+        chunk = min(PREFILL_CHUNK, self.options.n_batch)
+        for start in range(cached, end, chunk):
+            if is_cancelled():
+                return False
+            llm.eval(prompt[start : min(start + chunk, end)])
+        return True
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

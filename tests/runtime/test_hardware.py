@@ -1,0 +1,43 @@
+"""The hardware probe: real CPU and RAM here; GPUs through nvidia-smi's real output format."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from app.runtime import hardware
+
+
+def test_probe_reads_this_machine() -> None:
+    hw = hardware.probe()
+    assert hw.cpu_cores_logical >= hw.cpu_cores_physical >= 1
+    assert 0 < hw.ram_available <= hw.ram_total
+    assert hw.cpu_name
+    json.dumps(hw.to_dict())
+
+
+def _fake_nvidia_smi(folder: Path, body: str) -> None:
+    exe = folder / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+
+
+def test_gpus_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The format nvidia-smi prints for --query-gpu=...,compute_cap --format=csv,noheader,nounits
+    _fake_nvidia_smi(tmp_path, "printf '0, NVIDIA GeForce RTX 3060, 12288, 11800, 8.6\\n1, NVIDIA A100-SXM4-80GB, 81920, 81000, 8.0\\n'")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpus = hardware._nvidia_smi_gpus()
+    assert [(g.name, g.vram_total, g.vram_free, g.compute_capability) for g in gpus] == [
+        ("NVIDIA GeForce RTX 3060", 12288 * 2**20, 11800 * 2**20, "8.6"),
+        ("NVIDIA A100-SXM4-80GB", 81920 * 2**20, 81000 * 2**20, "8.0"),
+    ]
+
+
+def test_a_broken_driver_means_no_gpu_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_nvidia_smi(tmp_path, "echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2; exit 9")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert hardware._nvidia_smi_gpus() == ()
