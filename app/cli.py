@@ -34,8 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, help="longest answer in tokens (default 512)")
     chat.add_argument("--seed", type=int, help="random seed, for repeatable answers")
     chat.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
-    chat.add_argument("--ctx", type=int, help="context length to load the model with")
+    chat.add_argument("--ctx", type=int, help="context length to load the model with (default: chosen by the planner)")
+    chat.add_argument("--threads", type=int, help="CPU threads (default: one per physical core)")
+    chat.add_argument("--gpu-layers", type=int, help="layers on the GPU, as llama.cpp counts them; -1 = all (default: planned)")
     chat.add_argument("--stats", action="store_true", help="print tokens, tokens/s and time to first token to stderr")
+
+    plan = sub.add_parser("plan", help="show how Hearth would run a model on this machine (or another), and why")
+    plan.add_argument("model", nargs="?", help="library id, name or GGUF path (default: the embedded model)")
+    plan.add_argument("--hardware", metavar="PROFILE", help="plan for a named profile or a JSON file instead of this machine: " + ", ".join(_profile_names()))
+    plan.add_argument("--ctx", type=int, help="the context length you want")
+    plan.add_argument("--gpu-layers", type=int, help="pin the number of GPU layers")
+    plan.add_argument("--kv-type", help="pin the KV cache type (f16, q8_0, ...)")
+    plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
 
     sub.add_parser("models", help="list the models in the library")
     sub.add_parser("hardware", help="print the detected hardware as JSON")
@@ -89,8 +99,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     client = _client()
     try:
-        if args.ctx is not None or args.model is not None:
-            client.call("engine.load", {"model": args.model, "backend": args.backend, "n_ctx": args.ctx})
+        prefs = {"context_length": args.ctx, "threads": args.threads, "gpu_layers": args.gpu_layers}
+        if any(v is not None for v in prefs.values()) or args.model is not None:
+            client.call("engine.load", {"model": args.model, "prefs": prefs})
         if args.prompt is not None:
             messages.append({"role": "user", "content": args.prompt})
             _answer(client, messages, args, sampling)
@@ -121,6 +132,7 @@ def _answer(client: Any, messages: list[dict[str, str]], args: argparse.Namespac
         elif event.event.value == "result":
             result = event.data
     sys.stdout.write("\n")
+    sys.stdout.flush()
     if args.stats:
         usage, timings = result.get("usage", {}), result.get("timings", {})
         print(
@@ -128,6 +140,32 @@ def _answer(client: Any, messages: list[dict[str, str]], args: argparse.Namespac
             file=sys.stderr,
         )
     return str(result.get("text", ""))
+
+
+def _profile_names() -> list[str]:
+    from app.runtime.planner.profiles import profile_names
+
+    return profile_names()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from app.runtime import library, planner
+    from app.runtime.services import Services
+
+    services = Services(warm_up=False)
+    model = library.resolve(args.model, services.models())
+    hw = planner.load_profile(args.hardware) if args.hardware else services.hardware()
+    asked = {"context_length": args.ctx, "gpu_layers": args.gpu_layers, "kv_type": args.kv_type}
+    prefs = planner.UserPrefs.from_dict({k: v for k, v in {**services.default_prefs(), **asked}.items() if v is not None})
+    made = planner.plan(model, hw, prefs, shape=planner.read_shape(model))
+    if args.json:
+        print(json.dumps({"summary": planner.summary(made), "plan": made.to_dict()}, indent=2))
+        return 0
+    print(f"{model.name} on {'this machine' if hw.source == 'probe' else hw.source}: {planner.summary(made)}\n")
+    for name, choice in made.choices().items():
+        mark = " (set by you)" if choice.overridden else ""
+        print(f"  {name.replace('_', ' ')}{mark}: {choice.reason}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -162,4 +200,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"chat": cmd_chat, "models": cmd_models, "hardware": cmd_hardware, "bench": cmd_bench}
+COMMANDS = {"chat": cmd_chat, "plan": cmd_plan, "models": cmd_models, "hardware": cmd_hardware, "bench": cmd_bench}

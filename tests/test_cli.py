@@ -68,3 +68,21 @@ def test_no_display_gives_one_clear_line() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no display" in lines[0] and "hearth chat" in lines[0]
+
+
+def test_plan_explains_each_choice_for_this_machine_and_for_a_profile() -> None:
+    here = hearth("plan")
+    assert here.returncode == 0, here.stderr
+    assert "this machine" in here.stdout and "context length:" in here.stdout and "CPU" in here.stdout
+    gpu = hearth("plan", "--hardware", "rtx3060-12gb", "--json")
+    assert gpu.returncode == 0, gpu.stderr
+    plan = json.loads(gpu.stdout)
+    assert plan["plan"]["hardware"] == "rtx3060-12gb" and "on GPU" in plan["summary"]
+    assert all(choice["reason"] for key, choice in plan["plan"].items() if isinstance(choice, dict))
+    pinned = json.loads(hearth("plan", "--ctx", "2048", "--json").stdout)["plan"]["context_length"]
+    assert pinned["value"] == 2048 and pinned["overridden"] is True
+
+
+def test_plan_with_an_unknown_profile_lists_the_known_ones() -> None:
+    done = hearth("plan", "--hardware", "cray-1")
+    assert done.returncode == 1 and "rtx3060-12gb" in done.stderr and "Traceback" not in done.stderr

@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from app.runtime.backends.base import LoadOptions
 from app.runtime.client import failure_from_event
 from app.runtime.protocol import Event, EventKind, Method, Sampling
 
@@ -119,25 +118,15 @@ def _tps(times: Sequence[float]) -> float:
 class DirectLlama:
     """llama-cpp-python called directly: the raw `Llama`, its own chat formatter, `generate`."""
 
-    def __init__(self, model_path: str, options: LoadOptions) -> None:
+    def __init__(self, model_path: str, settings: dict[str, Any]) -> None:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         from app.runtime.backends.llama_cpp import FALLBACK_TEMPLATE
 
         self._llama_cpp = llama_cpp
-        # The same constructor arguments as LlamaCppBackend, from the options the worker reported.
-        self.llm = llama_cpp.Llama(
-            model_path=model_path,
-            n_ctx=options.n_ctx,
-            n_batch=options.n_batch,
-            n_threads=options.n_threads,
-            n_threads_batch=options.n_threads,
-            n_gpu_layers=options.n_gpu_layers,
-            flash_attn=options.flash_attn,
-            use_mmap=options.use_mmap,
-            verbose=False,
-        )
+        # The same constructor arguments as LlamaCppBackend: the settings the worker reported.
+        self.llm = llama_cpp.Llama(model_path=model_path, **settings, verbose=False)
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
         self._format = Jinja2ChatFormatter(
             template=self.llm.metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE,
@@ -207,11 +196,11 @@ def measure_generation(*, runs: int, n_tokens: int) -> dict[str, Any]:
     client = ProcessClient().start()
     direct: DirectLlama | None = None
     try:
-        # The worker picks its options (choose_load_options today, the planner later); the direct
-        # side copies what the worker reports, so both always run with the same threads and context.
+        # The worker's planner picks the settings; the direct side copies what the worker reports,
+        # so both always run with the same threads, context and KV type.
         status = client.call(Method.ENGINE_LOAD, {"model": model_path}, timeout=RUN_TIMEOUT_S)
-        options = LoadOptions(**status["options"])
-        direct = DirectLlama(model_path, options)
+        settings = dict(status["settings"])
+        direct = DirectLlama(model_path, settings)
         flush = replace(sampling, max_tokens=2)
         direct.run(MESSAGES, sampling)  # warm-up, untimed: first-call allocations on both sides
         worker_run(client, MESSAGES, sampling)
@@ -234,7 +223,7 @@ def measure_generation(*, runs: int, n_tokens: int) -> dict[str, Any]:
     settings = {
         "model_id": EMBEDDED_ID,
         "model_file": model_path,
-        "load_options": {k: v for k, v in options.to_dict().items() if k != "reasons"},
+        "load_settings": settings,
         "sampling": sampling.to_dict(),
         "messages": MESSAGES,
         "before_each_run": {"messages": FLUSH, "max_tokens": 2, "why": "equal prefix-cache state on both sides"},
@@ -354,6 +343,6 @@ def run_bench(*, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
     report["settings"] = {"runs": runs, "n_tokens": n_tokens, "min_runs_for_verdict": MIN_RUNS_FOR_VERDICT, **generation["settings"]}
     report["direct"], report["worker"] = generation["direct"], generation["worker"]
     report["figures"] = {**generation["figures"], "first_window_s": measure_first_window(runs=runs)}
-    report["machine"]["threads"] = report["settings"]["load_options"]["n_threads"]
+    report["machine"]["threads"] = report["settings"]["load_settings"]["n_threads"]
     report["machine"]["model_file"] = Path(report["settings"]["model_file"]).name
     return report

@@ -7,6 +7,7 @@ cannot be imported on its own, so its file is found through the distribution's f
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 from collections.abc import Iterable
@@ -76,14 +77,29 @@ def embedded_model_path() -> Path:
     raise EmbeddedModelMissing()
 
 
+def open_gguf(path: str | Path) -> Any:
+    """A parsed GGUF header (gguf.GGUFReader), parsed once per file version per process.
+
+    Parsing is slow for big vocabularies (2 s for SmolLM2's 49k tokens here) and both the library
+    and the planner need the header, so the reader is shared; a changed file is parsed again.
+    """
+    st = Path(path).stat()
+    return _reader(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _reader(path: str, size: int, mtime_ns: int) -> Any:
+    import gguf  # numpy-heavy; only the worker and the CLI pay for it
+
+    return gguf.GGUFReader(path, "r")
+
+
 def read_gguf(path: Path, *, source: str, model_id: str | None = None, name: str | None = None) -> ModelInfo:
     """Read a GGUF file's metadata; a truncated or foreign file gives MODEL_INVALID in words.
 
     The display name is the file's name unless given: `general.name` is often a training-run
     label ("Smollm2 135M 8k Lc100K Mix1 Ep2"), while people name the files they download.
     """
-    import gguf  # numpy-heavy; only the worker and the CLI pay for it
-
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -93,7 +109,7 @@ def read_gguf(path: Path, *, source: str, model_id: str | None = None, name: str
     if magic != GGUF_MAGIC:
         raise RuntimeFailure(ErrorKind.MODEL_INVALID, f"{path.name} is not a GGUF model file (it does not start with 'GGUF').")
     try:
-        reader = gguf.GGUFReader(str(path), "r")
+        reader = open_gguf(path)
         fields = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("tokenizer.ggml.")}
         parameters = int(sum(int(t.n_elements) for t in reader.tensors))
         data_end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)

@@ -27,6 +27,7 @@ class Method(str, Enum):
     PING = "ping"
     HARDWARE = "hardware"
     MODELS_LIST = "models.list"
+    ENGINE_PLAN = "engine.plan"
     ENGINE_LOAD = "engine.load"
     ENGINE_UNLOAD = "engine.unload"
     ENGINE_STATUS = "engine.status"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
-from PySide6.QtCore import QTimer, Signal
-from PySide6.QtGui import QShowEvent
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QWidget
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QMouseEvent, QShowEvent
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QMessageBox, QStackedWidget, QWidget
 
 from app import APP_NAME
 from app.runtime.protocol import Method
@@ -15,6 +16,35 @@ from app.ui.chat.page import ChatPage
 from app.ui.models.page import ModelsPage
 
 MEMORY_POLL_MS = 2000
+
+
+class PlanLabel(QLabel):
+    """The plan in one line; a click shows every choice with its reason."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self._plan: dict[str, Any] | None = None
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setToolTip("Click to see why Hearth chose these settings")
+
+    def set_plan(self, plan: dict[str, Any] | None, summary: str = "") -> None:
+        self._plan = plan
+        self.setText(summary if plan else "")
+
+    def details(self) -> str:
+        if not self._plan:
+            return ""
+        lines = []
+        for name, choice in self._plan.items():
+            if isinstance(choice, dict) and "reason" in choice:
+                mark = " (set by you)" if choice.get("overridden") else ""
+                lines.append(f"<p><b>{name.replace('_', ' ').capitalize()}</b>{mark}: {html.escape(choice['reason'])}</p>")
+        return "".join(lines)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if self._plan:
+            QMessageBox.information(self.window(), "How Hearth runs this model", self.details())
+        super().mousePressEvent(event)
 
 
 class MainWindow(QMainWindow):
@@ -48,12 +78,12 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.model_label = QLabel("No model loaded")
-        self.backend_label = QLabel("")
+        self.plan_label = PlanLabel()
         self.speed_label = QLabel("")
         self.runtime_label = QLabel("Starting the runtime…")
         self.memory_label = QLabel("")
         bar = self.statusBar()
-        for label in (self.model_label, self.backend_label, self.speed_label):
+        for label in (self.model_label, self.plan_label, self.speed_label):
             bar.addWidget(label)
         bar.addPermanentWidget(self.memory_label)
         bar.addPermanentWidget(self.runtime_label)
@@ -64,6 +94,7 @@ class MainWindow(QMainWindow):
         bridge.sig_worker_restarted.connect(self._on_ready)
         bridge.sig_finished.connect(self._on_finished)
         bridge.sig_failed.connect(self._on_failed)
+        bridge.sig_progress.connect(self._on_progress)
         self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tok/s"))
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
@@ -97,7 +128,7 @@ class MainWindow(QMainWindow):
     def _on_worker_died(self, why: str) -> None:
         self.runtime_label.setText("Runtime stopped; restarting…")
         self.model_label.setText("No model loaded")
-        self.backend_label.setText("")
+        self.plan_label.set_plan(None)
         self.statusBar().showMessage(why, 10000)
 
     def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
@@ -114,15 +145,17 @@ class MainWindow(QMainWindow):
             self.model_label.setText("No model loaded")
             self.statusBar().showMessage(message, 15000)
 
+    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
+        if data.get("stage") == "planned":  # shown before the load starts
+            self.plan_label.set_plan(data.get("plan"), str(data.get("message", "")))
+
     def _show_status(self, status: dict[str, Any]) -> None:
         if not status.get("loaded"):
             self.model_label.setText("No model loaded (the embedded model loads on your first message)")
-            self.backend_label.setText("")
+            self.plan_label.set_plan(None)
             return
-        model, options = status["model"], status.get("options", {})
-        self.model_label.setText(f"{model['name']} · {model['quantization']}")
-        gpu = "CPU" if options.get("n_gpu_layers", 0) == 0 else "GPU"
-        self.backend_label.setText(f"{status['backend']} · {gpu} · {options.get('n_ctx', 0) // 1024}k ctx")
+        self.model_label.setText(f"{status['model']['name']} · {status['backend']}")
+        self.plan_label.set_plan(status.get("plan"), str(status.get("summary", "")))
 
     def _update_memory(self) -> None:
         pid = self._bridge.client.pid

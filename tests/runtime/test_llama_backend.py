@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime.backends.base import LoadOptions
 from app.runtime.backends.llama_cpp import LlamaCppBackend, _StreamText
 from app.runtime.protocol import Sampling
 
@@ -17,7 +16,7 @@ HELLO = [{"role": "user", "content": "Name three colors."}]
 
 @pytest.fixture(scope="module")
 def backend(model_path: Path) -> Iterator[LlamaCppBackend]:
-    loaded = LlamaCppBackend(model_path, LoadOptions(n_ctx=1024, n_threads=2))
+    loaded = LlamaCppBackend(model_path, {"n_ctx": 1024, "n_threads": 2, "n_threads_batch": 2})
     yield loaded
     loaded.close()
 

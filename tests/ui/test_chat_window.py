@@ -53,7 +53,9 @@ def test_a_reply_streams_into_the_transcript(qtbot, window: MainWindow) -> None:
     assert len(updates) >= 3 and set(updates) == {1}  # token by token, one row at a time
     assert page.send_button.text() == "Send" and page.input.toPlainText() == ""
     qtbot.waitUntil(lambda: "SmolLM2" in window.model_label.text(), timeout=10_000)
-    assert "llama.cpp" in window.backend_label.text()
+    assert "llama.cpp" in window.model_label.text()
+    assert "Q4_1" in window.plan_label.text() and "ctx" in window.plan_label.text()  # the plan, in one line
+    assert "Context length" in window.plan_label.details()  # and why, on click
     assert "tok/s" in window.speed_label.text()
 
 

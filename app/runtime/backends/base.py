@@ -1,31 +1,15 @@
-"""What every backend offers the engine: load with explicit options, stream a chat, close."""
+"""What every backend offers the engine: load with explicit settings, stream a chat, close."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.runtime.protocol import Sampling
 
 TokenSink = Callable[[str], None]
 IsCancelled = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """Everything a backend needs to load a model; each value comes with the reason it was chosen."""
-
-    n_ctx: int
-    n_threads: int
-    n_gpu_layers: int = 0
-    n_batch: int = 512
-    flash_attn: bool = False
-    use_mmap: bool = True
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import codecs
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from app.runtime.backends.base import Completion, IsCancelled, LoadOptions, TokenSink
+from app.runtime.backends.base import Completion, IsCancelled, TokenSink
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
 log = logging.getLogger(__name__)
@@ -26,31 +27,30 @@ FALLBACK_TEMPLATE = (
 )
 
 
+# The `llama_cpp.Llama` arguments a plan may set.
+SETTINGS = frozenset(
+    ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "n_gpu_layers", "tensor_split", "flash_attn",
+     "type_k", "type_v", "use_mmap", "use_mlock", "op_offload", "seed")
+)
 PREFILL_CHUNK = 256  # tokens per prompt-processing step; about a second at the slowest CPU speeds
 
 
 class LlamaCppBackend:
     name = "llama.cpp"
 
-    def __init__(self, model_path: str | Path, options: LoadOptions) -> None:
+    def __init__(self, model_path: str | Path, settings: Mapping[str, Any]) -> None:
+        """``settings`` are `llama_cpp.Llama` keyword arguments, as the planner writes them."""
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.options = options
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"unknown llama.cpp setting(s): {', '.join(sorted(unknown))}")
+        self.settings = dict(settings)
         self._llama_cpp = llama_cpp
         started = time.perf_counter()
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(model_path),
-                n_ctx=options.n_ctx,
-                n_batch=options.n_batch,
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads,
-                n_gpu_layers=options.n_gpu_layers,
-                flash_attn=options.flash_attn,
-                use_mmap=options.use_mmap,
-                verbose=False,
-            )
+            self._llm = llama_cpp.Llama(model_path=str(model_path), **self.settings, verbose=False)
         except ValueError as exc:  # llama-cpp-python's words for "llama.cpp refused the file"
             raise RuntimeFailure(
                 ErrorKind.LOAD_FAILED,
@@ -68,7 +68,7 @@ class LlamaCppBackend:
             eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
             bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
         )
-        log.info("loaded %s in %.2f s with %s", Path(model_path).name, self.load_seconds, options)
+        log.info("loaded %s in %.2f s with %s", Path(model_path).name, self.load_seconds, self.settings)
 
     @property
     def n_ctx(self) -> int:
@@ -163,7 +163,7 @@ class LlamaCppBackend:
         if cached >= end:
             return True
         llm.n_tokens = cached  # eval() drops any KV past this point before it decodes
-        chunk = min(PREFILL_CHUNK, self.options.n_batch)
+        chunk = min(PREFILL_CHUNK, int(self.settings.get("n_batch", PREFILL_CHUNK)))
         for start in range(cached, end, chunk):
             if is_cancelled():
                 return False

@@ -231,9 +231,9 @@ def _estimate(
 def read_shape(info: ModelInfo) -> ModelShape:
     """The exact shape from the GGUF tensor table of ``info.path`` (reads the header, not the
     weights). Not pure: this is the I/O the planner itself never does."""
-    import gguf  # numpy-heavy; only the worker and the CLI pay for it
+    from app.runtime.library import open_gguf
 
-    reader = gguf.GGUFReader(str(Path(info.path)), "r")
+    reader = open_gguf(info.path)
     arch = info.architecture
     layers = [0] * info.n_layers
     largest = experts = 0

@@ -6,6 +6,7 @@ thread (they touch the model), the others answer at once.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,20 +14,36 @@ from typing import Any
 
 from app.runtime import hardware, library
 from app.runtime.jobs import JobState
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
 from app.runtime.services.engine import EngineService
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
 
 
 class Services:
     def __init__(self, *, warm_up: bool = True) -> None:
-        self.engine = EngineService(models=self.models, hardware=self.hardware)
+        self.engine = EngineService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs)
         self._hardware: hardware.Hardware | None = None
         self._hardware_lock = threading.Lock()
         if warm_up:
-            # The GPU probe imports torch (seconds); do it while the person is still typing.
-            threading.Thread(target=self.hardware, name="hearth-hardware-probe", daemon=True).start()
+            threading.Thread(target=self._warm_up, name="hearth-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Probe the hardware and parse the default model's header (seconds for a big vocabulary)
+        while the person is still typing, so the first message does not wait for them."""
+        try:
+            self.engine.plan({}, JobState("warm-up", lambda event: None))
+        except RuntimeFailure as exc:
+            log.info("warm-up skipped: %s", exc.message)
+
+    def default_prefs(self) -> dict[str, Any]:
+        """Planner preferences from the person's saved settings (None = Hearth chooses)."""
+        from app import settings as settings_module
+
+        saved = settings_module.load()
+        return {"context_length": saved.context_length, "threads": saved.n_threads}
 
     def hardware(self) -> hardware.Hardware:
         with self._hardware_lock:
@@ -46,6 +63,7 @@ class Services:
             Method.HARDWARE.value: (lambda params, state: self.hardware().to_dict(), False),
             Method.MODELS_LIST.value: (lambda params, state: {"models": [m.to_dict() for m in self.models()]}, False),
             Method.ENGINE_STATUS.value: (self.engine.status, False),
+            Method.ENGINE_PLAN.value: (self.engine.plan, True),
             Method.ENGINE_LOAD.value: (self.engine.load, True),
             Method.ENGINE_UNLOAD.value: (self.engine.unload, True),
             Method.CHAT.value: (self.engine.chat, True),

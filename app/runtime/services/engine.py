@@ -1,67 +1,54 @@
-"""The engine service: owns the loaded model, loads on demand, streams chats.
+"""The engine service: owns the loaded model, plans and loads it on demand, streams chats.
 
 One model is loaded at a time; the old one is closed before the next loads (llama.cpp frees its
-memory in close(), and two models at once is how a desktop runs out of RAM).
+memory in close(), and two models at once is how a desktop runs out of RAM). Every load starts
+from the planner: the plan is sent to the listener before loading, with its one-line summary.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from app.runtime import library
-from app.runtime.backends.base import Backend, LoadOptions
+import psutil
+
+from app.runtime import library, planner
+from app.runtime.backends.base import Backend
 from app.runtime.hardware import Hardware
 from app.runtime.jobs import JobState
 from app.runtime.library import ModelInfo
+from app.runtime.planner import Plan, UserPrefs
 from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("llama.cpp",)  # the torch backend joins in its own issue
-FOUNDATION_MAX_CTX = 4096
-
-
-def choose_load_options(model: ModelInfo, hw: Hardware, *, n_ctx: int | None = None, n_threads: int | None = None) -> LoadOptions:
-    """First-version choices with their reasons; the planner replaces this with measured plans."""
-    reasons = {}
-    if n_ctx is None:
-        n_ctx = min(model.context_length or FOUNDATION_MAX_CTX, FOUNDATION_MAX_CTX)
-        reasons["n_ctx"] = f"the model's trained context ({model.context_length}) capped at {FOUNDATION_MAX_CTX} until the planner sizes it from memory"
-    else:
-        reasons["n_ctx"] = "set by you"
-    if n_threads is None:
-        n_threads = max(1, hw.cpu_cores_physical)
-        reasons["n_threads"] = f"one per physical core ({hw.cpu_cores_physical}); hyper-threads slow llama.cpp's decode"
-    else:
-        reasons["n_threads"] = "set by you"
-    gpu_layers = -1 if hw.has_gpu else 0
-    reasons["n_gpu_layers"] = "all layers on the GPU" if hw.has_gpu else "no GPU found: the CPU runs every layer"
-    return LoadOptions(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=gpu_layers, reasons=reasons)
 
 
 class EngineService:
-    def __init__(self, models: Any, hardware: Any) -> None:
-        self._models = models  # callable returning the library's models
-        self._hardware = hardware  # callable returning Hardware
+    def __init__(self, *, models: Callable[[], list[ModelInfo]], hardware: Callable[[], Hardware], default_prefs: Callable[[], dict[str, Any]]) -> None:
+        self._models = models
+        self._hardware = hardware
+        self._default_prefs = default_prefs  # the person's saved settings, under each request's own
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._model: ModelInfo | None = None
-        self._options: LoadOptions | None = None
+        self._plan: Plan | None = None
+        self._measured: dict[str, Any] = {}
 
     # ---- requests ---------------------------------------------------------------------------------
 
+    def plan(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        """The plan for a model without loading it (what the person sees before a load)."""
+        model, prefs = self._request_target(params)
+        made = self._make_plan(model, prefs)
+        return {"plan": made.to_dict(), "summary": planner.summary(made)}
+
     def load(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        model_ref = params.get("model")
-        backend = params.get("backend", "auto")
-        n_ctx, n_threads = params.get("n_ctx"), params.get("n_threads")
-        for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be a positive integer")
-        if model_ref is not None and not isinstance(model_ref, str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'model' must be a model id, name or path")
-        self._ensure_loaded(model_ref, backend, state, n_ctx=n_ctx, n_threads=n_threads, force=bool(params.get("reload")))
+        model, prefs = self._request_target(params)
+        self._ensure_loaded(model, prefs, state, force=bool(params.get("reload")))
         return self.status({}, state)
 
     def unload(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
@@ -70,15 +57,29 @@ class EngineService:
         return {"loaded": False}
 
     def status(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        model, options, backend = self._model, self._options, self._backend
-        if model is None or backend is None or options is None:
+        model, made, backend = self._model, self._plan, self._backend
+        if model is None or backend is None or made is None:
             return {"loaded": False}
-        return {"loaded": True, "model": model.to_dict(), "backend": backend.name, "options": options.to_dict()}
+        return {
+            "loaded": True,
+            "model": model.to_dict(),
+            "backend": backend.name,
+            "plan": made.to_dict(),
+            "summary": planner.summary(made),
+            "settings": dict(getattr(backend, "settings", {})),
+            "measured": dict(self._measured),
+        }
 
     def chat(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
         request = ChatParams.from_dict(params)
-        backend = self._ensure_loaded(request.model, request.backend, state)
-        completion = backend.chat(request.messages, request.sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)
+        if request.backend not in ("auto", *BACKENDS):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {request.backend!r}. Available: auto, {', '.join(BACKENDS)}.")
+        with self._lock:
+            loaded = self._backend
+        if loaded is None or request.model is not None:
+            model = library.resolve(request.model, self._models())
+            loaded = self._ensure_loaded(model, self._prefs({}), state)
+        completion = loaded.chat(request.messages, request.sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)
         result = completion.to_dict()
         result["model"] = self._model.id if self._model else None
         return result
@@ -89,32 +90,46 @@ class EngineService:
 
     # ---- internals --------------------------------------------------------------------------------
 
-    def _ensure_loaded(self, model_ref: str | None, backend: str, state: JobState, *, n_ctx: int | None = None, n_threads: int | None = None, force: bool = False) -> Backend:
-        if backend not in ("auto", *BACKENDS):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {backend!r}. Available: auto, {', '.join(BACKENDS)}.")
+    def _request_target(self, params: dict[str, Any]) -> tuple[ModelInfo, UserPrefs]:
+        model_ref = params.get("model")
+        if model_ref is not None and not isinstance(model_ref, str):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'model' must be a model id, name or path")
+        raw_prefs = params.get("prefs", {})
+        if not isinstance(raw_prefs, dict):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'prefs' must be an object of planner preferences")
+        return library.resolve(model_ref, self._models()), self._prefs(raw_prefs)
+
+    def _prefs(self, overrides: dict[str, Any]) -> UserPrefs:
+        return UserPrefs.from_dict({**self._default_prefs(), **{k: v for k, v in overrides.items() if v is not None}})
+
+    def _make_plan(self, model: ModelInfo, prefs: UserPrefs) -> Plan:
+        if model.format != "gguf":
+            raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
+        return planner.plan(model, self._hardware(), prefs, shape=planner.read_shape(model))
+
+    def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False) -> Backend:
+        made = self._make_plan(model, prefs)
         with self._lock:
             current = self._backend
-            if model_ref is None and current is not None and not force:
-                return current  # no model named: keep talking to the loaded one
-            model = library.resolve(model_ref, self._models())
-            wanted = (n_ctx is None or self._options is not None and self._options.n_ctx == n_ctx) and (
-                n_threads is None or self._options is not None and self._options.n_threads == n_threads
-            )
-            if current is not None and self._model is not None and self._model.path == model.path and wanted and not force:
+            same = self._model is not None and self._model.path == model.path and self._plan is not None
+            if current is not None and same and not force and planner.llama_cpp_kwargs(self._plan) == planner.llama_cpp_kwargs(made):  # type: ignore[arg-type]
                 return current
             self._close_current()
-            if model.format != "gguf":
-                raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
-            options = choose_load_options(model, self._hardware(), n_ctx=n_ctx, n_threads=n_threads)
+            summary = planner.summary(made)
+            state.progress("planned", message=summary, model=model.id, plan=made.to_dict())
             state.progress("loading", message=f"Loading {model.name}", model=model.id)
             from app.runtime.backends.llama_cpp import LlamaCppBackend
 
-            loaded = LlamaCppBackend(model.path, options)
-            self._backend, self._model, self._options = loaded, model, options
+            process = psutil.Process()
+            before = process.memory_info().rss
+            loaded = LlamaCppBackend(model.path, planner.llama_cpp_kwargs(made))
+            self._measured = {"rss_increase_bytes": process.memory_info().rss - before, "load_seconds": round(loaded.load_seconds, 3)}
+            self._backend, self._model, self._plan = loaded, model, made
+            log.info("loaded %s: %s (measured %s)", model.id, summary, self._measured)
             state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
             return loaded
 
     def _close_current(self) -> None:
-        backend, self._backend, self._model, self._options = self._backend, None, None, None
+        backend, self._backend, self._model, self._plan = self._backend, None, None, None
         if backend is not None:
             backend.close()
