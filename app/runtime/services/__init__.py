@@ -58,10 +58,28 @@ class Services:
         folders = [paths().models, *(Path(p) for p in settings_module.load().model_dirs)]
         return library.scan(folders)
 
+    def list_models(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        """The library, each model with the planner's verdict for this machine (its fit badge)."""
+        from app.runtime import planner
+        from app.runtime.planner.calibrate import saved_calibration
+
+        hw = self.hardware()
+        prefs = planner.UserPrefs.from_dict({k: v for k, v in self.default_prefs().items() if v is not None})
+        rows = []
+        for model in self.models():
+            row = model.to_dict()
+            try:
+                made = planner.plan(model, hw, prefs, calibration=saved_calibration(hw))
+                row["fit"] = {"fits": True, "summary": planner.summary(made), "placement": made.gpu_layers.reason}
+            except RuntimeFailure as exc:
+                row["fit"] = {"fits": False, "summary": exc.message, "placement": ""}
+            rows.append(row)
+        return {"models": rows}
+
     def methods(self) -> dict[str, tuple[Handler, bool]]:
         return {
             Method.HARDWARE.value: (lambda params, state: self.hardware().to_dict(), False),
-            Method.MODELS_LIST.value: (lambda params, state: {"models": [m.to_dict() for m in self.models()]}, False),
+            Method.MODELS_LIST.value: (self.list_models, False),
             Method.ENGINE_STATUS.value: (self.engine.status, False),
             Method.ENGINE_PLAN.value: (self.engine.plan, True),
             Method.ENGINE_LOAD.value: (self.engine.load, True),

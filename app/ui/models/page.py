@@ -19,6 +19,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("Quantization", "quantization"),
     ("Size", "file_size"),
     ("Context", "context_length"),
+    ("On this machine", "fit"),
     ("Source", "source"),
     ("Path", "path"),
 )
@@ -31,6 +32,8 @@ def _format(key: str, value: Any) -> str:
         return f"{value / 2**30:.2f} GB" if value >= 2**30 else f"{value / 2**20:.1f} MB"
     if key == "context_length":
         return f"{value:,}"
+    if key == "fit":
+        return str(value.get("summary", "")) if isinstance(value, dict) else ""
     return str(value)
 
 
@@ -55,7 +58,8 @@ class LibraryTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return _format(key, row.get(key, ""))
         if role == Qt.ItemDataRole.ToolTipRole:
-            return row.get("path")
+            fit = row.get("fit") or {}
+            return fit.get("placement") or fit.get("summary") if key == "fit" else row.get("path")
         if role == Qt.ItemDataRole.UserRole:
             return row
         return None

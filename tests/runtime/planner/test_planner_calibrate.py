@@ -1,0 +1,32 @@
+"""The speed calibration: one real decode on this machine, saved, and used by later plans."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from app.runtime import hardware, library, planner
+from app.runtime.planner import calibrate
+
+
+def test_calibration_is_measured_saved_and_used() -> None:
+    model = library.read_gguf(library.embedded_model_path(), source="embedded")
+    hw = hardware.probe()
+    other_machine = dataclasses.replace(hw, cpu_name="Some Other CPU")
+    measured, report = calibrate.calibrate(model, hw)
+    assert report["measured_tokens_per_s"] > 0 and report["bound"] in ("per-core rate", "RAM", "VRAM")
+    assert measured.source.startswith("measured")
+    assert calibrate.saved_calibration(hw) == measured
+    assert calibrate.saved_calibration(other_machine) == planner.DEFAULT_CALIBRATION  # per machine
+    made = planner.plan(model, hw, planner.UserPrefs(context_length=1024), calibration=measured)
+    assert "measured" in made.speed.reason or "calibrat" in made.speed.reason
+    # The calibrated prediction at the calibration's own point is the measurement, up to overheads.
+    assert abs(made.speed.value["decode_tokens_per_s"] / report["measured_tokens_per_s"] - 1) < 0.15
+
+
+def test_prediction_falls_as_the_context_fills() -> None:
+    model = library.read_gguf(library.embedded_model_path(), source="embedded")
+    made = planner.plan(model, hardware.probe(), planner.UserPrefs(context_length=4096))
+    speeds = [calibrate.predict_at(made, fill) for fill in (0, 1000, 4096)]
+    assert speeds[0] == made.speed.value["decode_tokens_per_s"]
+    assert speeds[0] > speeds[1] > speeds[2]
+    assert abs(speeds[2] - made.speed.value["decode_tokens_per_s_full_context"]) < 1e-6
