@@ -157,7 +157,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     hw = planner.load_profile(args.hardware) if args.hardware else services.hardware()
     asked = {"context_length": args.ctx, "gpu_layers": args.gpu_layers, "kv_type": args.kv_type}
     prefs = planner.UserPrefs.from_dict({k: v for k, v in {**services.default_prefs(), **asked}.items() if v is not None})
-    made = planner.plan(model, hw, prefs, shape=planner.read_shape(model))
+    from app.runtime.planner.calibrate import saved_calibration
+
+    made = planner.plan(model, hw, prefs, shape=planner.read_shape(model), calibration=saved_calibration(hw))
     if args.json:
         print(json.dumps({"summary": planner.summary(made), "plan": made.to_dict()}, indent=2))
         return 0

@@ -345,4 +345,20 @@ def run_bench(*, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
     report["figures"] = {**generation["figures"], "first_window_s": measure_first_window(runs=runs)}
     report["machine"]["threads"] = report["settings"]["load_settings"]["n_threads"]
     report["machine"]["model_file"] = Path(report["settings"]["model_file"]).name
+    report["planner_speed"] = measure_planner_speed()
     return report
+
+
+def measure_planner_speed() -> dict[str, Any]:
+    """Calibrate the planner's roofline with one short decode (saved for later plans), then
+    compare its prediction with a real decode at a short and a long context fill (target ±30%)."""
+    from app.runtime import hardware, library
+    from app.runtime.planner import calibrate
+
+    model = library.read_gguf(library.embedded_model_path(), source="embedded")
+    hw = hardware.probe()
+    calibration, report = calibrate.calibrate(model, hw)
+    rows = calibrate.predicted_vs_measured(model, hw, calibration)
+    for row in rows:
+        row["within_30_percent"] = abs(row["measured_over_predicted"] - 1) <= 0.30
+    return {"calibration": {**report, "source": calibration.source}, "contexts": rows, "target": "measured within ±30% of predicted"}

@@ -105,7 +105,10 @@ class EngineService:
     def _make_plan(self, model: ModelInfo, prefs: UserPrefs) -> Plan:
         if model.format != "gguf":
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
-        return planner.plan(model, self._hardware(), prefs, shape=planner.read_shape(model))
+        from app.runtime.planner.calibrate import saved_calibration
+
+        hw = self._hardware()
+        return planner.plan(model, hw, prefs, shape=planner.read_shape(model), calibration=saved_calibration(hw))
 
     def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False) -> Backend:
         made = self._make_plan(model, prefs)
