@@ -39,6 +39,8 @@ def main(args: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     _setup_logging()
+    # An exception in a slot must reach the log with its traceback, not only a console nobody sees.
+    sys.excepthook = lambda kind, exc, tb: log.critical("unhandled exception in the studio", exc_info=(kind, exc, tb))
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
