@@ -97,7 +97,8 @@ def compute_bytes(
     """One device's compute buffer: the largest of the moments it takes part in.
 
     ``staged_output``/``staged_layer``: bytes of CPU weights this device receives through op
-    offload (then it also computes what those weights produce).
+    offload (then it also computes what those weights produce). ``shape.compute_scale`` is a
+    correction measured by a dry run (1.0 until one disagrees with this formula).
     """
     peaks = [0]
     if holds_layers:
@@ -107,7 +108,7 @@ def compute_bytes(
         peaks.append(staged_layer + ffn_peak(shape, n_ubatch))
     if holds_output or staged_output:
         peaks.append(output_peak(shape, n_ubatch) + staged_output)
-    return max(peaks)
+    return int(math.ceil(max(peaks) * shape.compute_scale))
 
 
 def host_buffers(shape: ModelShape, *, n_ctx: int, n_ubatch: int, flash_attn: bool, with_gpu: bool) -> int:

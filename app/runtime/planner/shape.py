@@ -58,6 +58,7 @@ class ModelShape:
     largest_layer_tensor: int = 0  # bytes of one layer's largest weight matrix
     source: str = "estimate"  # "estimate" (from ModelInfo) or "file" (the GGUF tensor table)
     notes: tuple[str, ...] = ()  # what was assumed, in words
+    compute_scale: float = 1.0  # llama.cpp's measured compute buffer over memory.compute_bytes (dryrun.confirm)
 
     def __post_init__(self) -> None:
         if min(self.n_layers, self.n_embd, self.n_head, self.n_head_kv, self.head_dim, self.vocab_size) <= 0:
