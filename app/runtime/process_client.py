@@ -59,6 +59,9 @@ class ProcessClient(RuntimeClient):
     def start(self) -> ProcessClient:
         """Start the worker and wait for its hello; raises RuntimeFailure if it cannot start."""
         env = {**os.environ, **(self._env or {})}
+        if env.get("HEARTH_MEMORY_LIMIT"):
+            # Under an address-space cap, glibc's 64 MiB per-thread malloc arenas would eat it.
+            env.setdefault("MALLOC_ARENA_MAX", "1")
         self._stderr_tail.clear()
         proc = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._proc = proc

@@ -25,6 +25,7 @@ def main() -> int:
     protocol_out = _take_stdout()
     _setup_logging()
     _watch_parent()
+    _limit_memory()
 
     from app.runtime.dispatcher import Dispatcher  # after the fd swap: imports may print
 
@@ -54,6 +55,20 @@ def main() -> int:
     closer.join(2.0)
     protocol_out.flush()
     os._exit(0)
+
+
+def _limit_memory() -> None:
+    """HEARTH_MEMORY_LIMIT caps the address space, so that a load that does not fit fails where
+    the planner's fallback can see it instead of the OOM killer ending the worker."""
+    from app.runtime.planner.fallback import apply_memory_limit, memory_limit_from_env
+    from app.runtime.protocol import RuntimeFailure
+
+    try:
+        limit = memory_limit_from_env()
+        if limit is not None:
+            apply_memory_limit(limit)
+    except RuntimeFailure as exc:
+        log.error("memory limit not applied: %s", exc.message)
 
 
 def _take_stdout() -> BinaryIO:

@@ -161,3 +161,15 @@ def test_errors_come_back_as_typed_failures(client: ProcessClient, tmp_path) -> 
         client.call("engine.load", {"model": str(bogus)}, timeout=60)
     assert info.value.kind is ErrorKind.MODEL_INVALID and "broken.gguf" in info.value.message
     assert client.call("ping", timeout=10)["pong"] is True
+
+
+def test_the_worker_applies_its_memory_limit() -> None:
+    limit = 64 * 2**30
+    worker = ProcessClient(env={"HEARTH_MEMORY_LIMIT": str(limit)}).start()
+    try:
+        assert worker.pid is not None
+        soft, _ = psutil.Process(worker.pid).rlimit(psutil.RLIMIT_AS)
+        assert soft == limit
+        assert psutil.Process(worker.pid).environ().get("MALLOC_ARENA_MAX") == "1"
+    finally:
+        worker.close()

@@ -1,0 +1,45 @@
+"""The engine service in process: plan, dry run when the plan is tight, load, status."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from app.runtime import hardware, library
+from app.runtime.jobs import JobState
+from app.runtime.protocol import Event, EventKind
+from app.runtime.services.engine import EngineService
+
+
+def _engine(hw: hardware.Hardware) -> EngineService:
+    models = library.scan([])
+    return EngineService(models=lambda: models, hardware=lambda: hw, default_prefs=lambda: {})
+
+
+def test_a_roomy_plan_loads_without_a_dry_run_and_reports_what_it_used() -> None:
+    engine = _engine(hardware.probe())
+    events: list[Event] = []
+    try:
+        status = engine.load({}, JobState("t1", events.append))
+    finally:
+        engine.close()
+    stages = [e.data["stage"] for e in events if e.event is EventKind.PROGRESS]
+    assert stages == ["planned", "loading", "loaded"]
+    assert status["loaded"] and status["settings"]["n_ctx"] == status["plan"]["context_length"]["value"]
+    assert status["measured"]["dry_run"].startswith("no dry run") and status["measured"]["fallback"] == []
+    assert status["measured"]["rss_increase_bytes"] > 0
+
+
+def test_a_tight_plan_is_confirmed_by_a_dry_run_first() -> None:
+    probed = hardware.probe()
+    # 1 GiB is the planner's RAM margin; leave about 600 MB above it, so SmolLM2's plan is tight.
+    tight = dataclasses.replace(probed, ram_available=2**30 + 600 * 2**20)
+    engine = _engine(tight)
+    events: list[Event] = []
+    try:
+        status = engine.load({"prefs": {"context_length": 8192}}, JobState("t2", events.append))
+    finally:
+        engine.close()
+    stages = [e.data["stage"] for e in events if e.event is EventKind.PROGRESS]
+    assert stages[:2] == ["checking", "planned"]
+    assert "dry run" in status["measured"]["dry_run"] and "no dry run" not in status["measured"]["dry_run"]
+    assert status["plan"]["context_length"]["value"] == 8192
