@@ -19,12 +19,14 @@ from app.runtime.backends.base import Backend
 from app.runtime.hardware import Hardware
 from app.runtime.jobs import JobState
 from app.runtime.library import ModelInfo
-from app.runtime.planner import Plan, UserPrefs
+from app.runtime.planner import Plan, UserPrefs, dryrun, fallback
+from app.runtime.planner.calibrate import saved_calibration
 from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("llama.cpp",)  # the torch backend joins in its own issue
+DRY_RUN_ABOVE = 0.5  # confirm a plan with a dry run when it uses more than this share of a budget
 
 
 class EngineService:
@@ -105,8 +107,6 @@ class EngineService:
     def _make_plan(self, model: ModelInfo, prefs: UserPrefs) -> Plan:
         if model.format != "gguf":
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
-        from app.runtime.planner.calibrate import saved_calibration
-
         hw = self._hardware()
         return planner.plan(model, hw, prefs, shape=planner.read_shape(model), calibration=saved_calibration(hw))
 
@@ -118,19 +118,45 @@ class EngineService:
             if current is not None and same and not force and planner.llama_cpp_kwargs(self._plan) == planner.llama_cpp_kwargs(made):  # type: ignore[arg-type]
                 return current
             self._close_current()
-            summary = planner.summary(made)
-            state.progress("planned", message=summary, model=model.id, plan=made.to_dict())
+            hw, shape = self._hardware(), planner.read_shape(model)
+            calibration = saved_calibration(hw)
+            made, checked = self._confirm(made, model, hw, prefs, shape, calibration, state)
+            state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
             state.progress("loading", message=f"Loading {model.name}", model=model.id)
             from app.runtime.backends.llama_cpp import LlamaCppBackend
 
             process = psutil.Process()
             before = process.memory_info().rss
-            loaded = LlamaCppBackend(model.path, planner.llama_cpp_kwargs(made))
-            self._measured = {"rss_increase_bytes": process.memory_info().rss - before, "load_seconds": round(loaded.load_seconds, 3)}
+            loaded, made, changes = fallback.load_with_fallback(
+                lambda p: LlamaCppBackend(model.path, planner.llama_cpp_kwargs(p)), made, model, hw, prefs, shape=shape, calibration=calibration
+            )
+            if changes:
+                state.progress("replanned", message=" ".join(changes), model=model.id, plan=made.to_dict())
+            self._measured = {
+                "rss_increase_bytes": process.memory_info().rss - before,
+                "load_seconds": round(loaded.load_seconds, 3),
+                "dry_run": checked,
+                "fallback": changes,
+            }
             self._backend, self._model, self._plan = loaded, model, made
-            log.info("loaded %s: %s (measured %s)", model.id, summary, self._measured)
+            log.info("loaded %s: %s (measured %s)", model.id, planner.summary(made), self._measured)
             state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
             return loaded
+
+    @staticmethod
+    def _confirm(made: Plan, model: ModelInfo, hw: Hardware, prefs: UserPrefs, shape: Any, calibration: Any, state: JobState) -> tuple[Plan, str]:
+        """Confirm a tight plan with a dry run (a child process that simulates the allocations).
+
+        A plan that uses little of every budget skips it: the dry run costs about a second of
+        process start-up, more than loading a small model, and cannot change such a plan.
+        """
+        devices = made.memory.value["devices"]
+        tightest = max((d["total"] / d["budget"] for d in devices if d.get("budget")), default=1.0)
+        if tightest < DRY_RUN_ABOVE:
+            return made, f"no dry run: the plan uses {tightest:.0%} of the tightest memory budget"
+        state.progress("checking", message="Checking the plan with a dry run", model=model.id)
+        measured = dryrun.dry_run(model.path, planner.llama_cpp_kwargs(made))
+        return dryrun.confirm(made, model, hw, prefs, measured, shape=shape, calibration=calibration)
 
     def _close_current(self) -> None:
         backend, self._backend, self._model, self._plan = self._backend, None, None, None
