@@ -166,9 +166,37 @@ def _simd_flags() -> tuple[str, ...]:
 
 
 def _gpus() -> tuple[Gpu, ...]:
+    """torch.cuda when torch is already loaded (it also sees AMD through ROCm), else NVML, else
+    nvidia-smi: each answers without the cost of importing torch."""
     if "torch" in sys.modules:
         return _torch_gpus()
-    return _nvidia_smi_gpus()
+    return _nvml_gpus() or _nvidia_smi_gpus()
+
+
+def _nvml_gpus() -> tuple[Gpu, ...]:
+    try:
+        import pynvml  # the nvidia-ml-py package
+    except ImportError:
+        return ()
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:  # no driver: the usual case on a machine without NVIDIA
+        log.debug("NVML unavailable: %s", exc)
+        return ()
+    gpus = []
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            gpus.append(Gpu(index, name, "nvidia", int(memory.total), int(memory.free), f"{major}.{minor}"))
+    except pynvml.NVMLError as exc:
+        log.warning("NVML found a GPU but could not read it: %s", exc)
+    finally:
+        pynvml.nvmlShutdown()
+    return tuple(gpus)
 
 
 def _nvidia_smi_gpus() -> tuple[Gpu, ...]:

@@ -41,3 +41,8 @@ def test_a_broken_driver_means_no_gpu_not_a_crash(tmp_path: Path, monkeypatch: p
     _fake_nvidia_smi(tmp_path, "echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2; exit 9")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert hardware._nvidia_smi_gpus() == ()
+
+
+def test_without_an_nvidia_driver_nvml_reports_no_gpu() -> None:
+    # This machine has no NVIDIA driver: NVML must say "no GPU", not raise.
+    assert hardware._nvml_gpus() == ()
