@@ -62,6 +62,8 @@ class Target:
 DECODE_RATIO = Target(0.95, at_least=True)  # worker decode tok/s / direct decode tok/s
 FIRST_TOKEN_OVERHEAD_MS = Target(30.0, at_least=False)  # worker time to first token - direct
 FIRST_WINDOW_S = Target(2.0, at_least=False)
+PREFIX_REUSE_RATIO = Target(1.5, at_least=False)  # turn-20 prompt time / turn-1 prompt time
+PREFIX_TURNS = 20
 
 
 def verdict(values: Sequence[float], target: Target) -> str:
@@ -313,6 +315,48 @@ def measure_first_window(*, runs: int, command: Sequence[str] | None = None, tim
     return figure(values, FIRST_WINDOW_S, 3)
 
 
+def measure_prefix_reuse(*, runs: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Prompt-processing time (ttft) of turn 20 over turn 1 of a 20-turn conversation (prefix reuse).
+
+    Each run is a fresh 20-turn conversation on the llama.cpp backend in this process, started from a
+    cache that holds something else, so turn 1 evaluates its whole prompt while turn 20 should
+    evaluate only its new question: with prefix reuse the ratio stays near 1 however long the
+    conversation grows; without it, it would grow with the history.
+    """
+    from app.runtime.backends.llama_cpp import LlamaCppBackend
+    from app.runtime.library import embedded_model_path
+
+    load = {**settings, "n_ctx": max(4096, int(settings.get("n_ctx", 0)))}
+    backend = LlamaCppBackend(embedded_model_path(), load)
+    sampling = Sampling(temperature=0.0, max_tokens=24, seed=SEED)
+    ratios: list[float] = []
+    first: list[float] = []
+    last: list[float] = []
+    evaluated: list[int] = []
+    try:
+        for run in range(runs):
+            backend.chat(FLUSH, replace(sampling, max_tokens=2), on_token=lambda _: None, is_cancelled=lambda: False)
+            messages = [{"role": "system", "content": "You are a helpful assistant. Answer in one or two sentences."}]
+            for turn in range(PREFIX_TURNS):
+                messages.append({"role": "user", "content": f"Run {run}, question {turn + 1}: tell me one fact about the number {turn + 7}."})
+                done = backend.chat(messages, sampling, on_token=lambda _: None, is_cancelled=lambda: False)
+                messages.append({"role": "assistant", "content": done.text})
+                if turn == 0:
+                    first.append(done.prompt_seconds)
+            last.append(done.prompt_seconds)
+            evaluated.append(int((done.context or {}).get("evaluated_tokens", -1)))
+            ratios.append(last[-1] / first[-1])
+    finally:
+        backend.close()
+    return {
+        **figure(ratios, PREFIX_REUSE_RATIO),
+        "turn_1_ttft_ms": summarize([t * 1000 for t in first], 2),
+        f"turn_{PREFIX_TURNS}_ttft_ms": summarize([t * 1000 for t in last], 2),
+        f"turn_{PREFIX_TURNS}_evaluated_tokens": evaluated,
+        "load_settings": load,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     import llama_cpp
 
@@ -343,6 +387,7 @@ def run_bench(*, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
     report["settings"] = {"runs": runs, "n_tokens": n_tokens, "min_runs_for_verdict": MIN_RUNS_FOR_VERDICT, **generation["settings"]}
     report["direct"], report["worker"] = generation["direct"], generation["worker"]
     report["figures"] = {**generation["figures"], "first_window_s": measure_first_window(runs=runs)}
+    report["figures"]["prefix_reuse"] = measure_prefix_reuse(runs=runs, settings=generation["settings"]["load_settings"])
     report["machine"]["threads"] = report["settings"]["load_settings"]["n_threads"]
     report["machine"]["model_file"] = Path(report["settings"]["model_file"]).name
     report["planner_speed"] = measure_planner_speed()

@@ -217,6 +217,9 @@ class Sampling:
 
 
 ROLES = ("system", "user", "assistant")
+# What happens when a conversation outgrows the model's context (as in LM Studio): forget the oldest
+# turns after the system prompt, forget the turns after the first one, or refuse with "context is full".
+CONTEXT_POLICIES = ("rolling_window", "truncate_middle", "stop_at_limit")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,8 @@ class ChatParams:
     model: str | None = None  # a library id or a file path; None = the loaded or default model
     backend: str = "auto"
     sampling: Sampling = field(default_factory=Sampling)
+    context_policy: str = "rolling_window"  # one of CONTEXT_POLICIES
+    chat_template: str | None = None  # a Jinja chat template used instead of the model's
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ChatParams:
@@ -244,11 +249,19 @@ class ChatParams:
         model = raw.get("model")
         if model is not None:
             _check(model, str, "model")
+        policy = _check(raw.get("context_policy", "rolling_window"), str, "context_policy")
+        if policy not in CONTEXT_POLICIES:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'context_policy' must be one of {', '.join(CONTEXT_POLICIES)}, not {policy!r}")
+        template = raw.get("chat_template")
+        if template is not None and (not isinstance(template, str) or not template.strip()):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'chat_template' must be a non-empty Jinja template string")
         return cls(
             messages=tuple(clean),
             model=model,
             backend=_check(raw.get("backend", "auto"), str, "backend"),
             sampling=Sampling.from_dict(raw.get("sampling")),
+            context_policy=policy,
+            chat_template=template,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,4 +270,6 @@ class ChatParams:
             "model": self.model,
             "backend": self.backend,
             "sampling": self.sampling.to_dict(),
+            "context_policy": self.context_policy,
+            "chat_template": self.chat_template,
         }

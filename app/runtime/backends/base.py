@@ -21,6 +21,10 @@ class Completion:
     cached_tokens: int  # prompt tokens whose KV was reused from the previous turn
     prompt_seconds: float  # prompt processing, up to the first token
     decode_seconds: float  # from the first token to the last
+    # What the context held for this reply (see backends.context): n_ctx, prompt_tokens, dropped_messages,
+    # dropped_range, shifted, evaluated_tokens, cached_tokens, policy. None for backends without one.
+    context: dict[str, Any] | None = None
+    template: str | None = None  # "model", "override" or "fallback": which chat template rendered the prompt
 
     @property
     def decode_tps(self) -> float:
@@ -42,6 +46,8 @@ class Completion:
                 "decode_seconds": round(self.decode_seconds, 4),
                 "decode_tps": round(self.decode_tps, 2),
             },
+            **({"context": dict(self.context)} if self.context is not None else {}),
+            **({"template": self.template} if self.template is not None else {}),
         }
 
 
@@ -55,6 +61,8 @@ class Backend(Protocol):
         *,
         on_token: TokenSink,
         is_cancelled: IsCancelled,
+        context_policy: str = "rolling_window",
+        chat_template: str | None = None,
     ) -> Completion: ...
 
     def close(self) -> None: ...

@@ -81,7 +81,14 @@ class EngineService:
         if loaded is None or request.model is not None:
             model = library.resolve(request.model, self._models())
             loaded = self._ensure_loaded(model, self._prefs({}), state)
-        completion = loaded.chat(request.messages, request.sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)
+        completion = loaded.chat(
+            request.messages,
+            request.sampling,
+            on_token=state.token,
+            is_cancelled=lambda: state.cancelled,
+            context_policy=request.context_policy,
+            chat_template=request.chat_template,
+        )
         result = completion.to_dict()
         result["model"] = self._model.id if self._model else None
         return result
