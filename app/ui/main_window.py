@@ -99,6 +99,8 @@ class MainWindow(QMainWindow):
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
         self.models_page.sig_load_requested.connect(self.load_model)
+        self.models_page.sig_models_changed.connect(self.chat_page.set_models)
+        self.chat_page.sig_status_changed.connect(self.refresh_status)
         self._memory_timer = QTimer(self)
         self._memory_timer.timeout.connect(self._update_memory)
         self._memory_timer.start(MEMORY_POLL_MS)

@@ -1,31 +1,18 @@
-"""The real window, offscreen, with the real worker and model: chat, stop, and a worker killed mid-reply."""
+"""The real window, offscreen, with the real worker and model: chat, stop, and a worker killed mid-reply.
+
+The `window` fixture (tests/ui/conftest.py) opens it on a fresh conversation store."""
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
-import pytest
 from PySide6.QtCore import Qt
 
-from app.ui.bridge import RuntimeBridge
 from app.ui.chat.transcript import Roles
 from app.ui.main_window import MainWindow
 
 LONG = "Write a long story about a lighthouse keeper and a storm."
-
-
-@pytest.fixture
-def window(qtbot) -> Iterator[MainWindow]:  # type: ignore[no-untyped-def]
-    bridge = RuntimeBridge()
-    win = MainWindow(bridge)
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(bridge.sig_ready, timeout=60_000):
-        bridge.start()
-    yield win
-    bridge.close()
 
 
 def _type_and_send(qtbot, win: MainWindow, text: str) -> None:  # type: ignore[no-untyped-def]
@@ -52,8 +39,8 @@ def test_a_reply_streams_into_the_transcript(qtbot, window: MainWindow) -> None:
     assert text.strip()
     assert len(updates) >= 3 and set(updates) == {1}  # token by token, one row at a time
     assert page.send_button.text() == "Send" and page.input.toPlainText() == ""
-    qtbot.waitUntil(lambda: "SmolLM2" in window.model_label.text(), timeout=10_000)
-    assert "llama.cpp" in window.model_label.text()
+    qtbot.waitUntil(lambda: "llama.cpp" in window.model_label.text(), timeout=10_000)  # after "Loading SmolLM2…"
+    assert "SmolLM2" in window.model_label.text()
     assert "Q4_1" in window.plan_label.text() and "ctx" in window.plan_label.text()  # the plan, in one line
     assert "Context length" in window.plan_label.details()  # and why, on click
     assert "tok/s" in window.speed_label.text()

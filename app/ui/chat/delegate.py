@@ -1,32 +1,15 @@
-"""Paints one transcript row: who spoke, the text (wrapped), and the reply's figures."""
+"""Paints one transcript row: who spoke (with its ‹ 2/3 › version), the text, and the reply's figures."""
 
 from __future__ import annotations
-
-import html
-from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSize
 from PySide6.QtGui import QAbstractTextDocumentLayout, QPainter, QPalette, QTextDocument
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from app.ui.chat.render import build_document
 from app.ui.chat.transcript import Roles
 
 PADDING = 10
-SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System prompt", "notice": "Hearth"}
-STATE_NOTES = {"streaming": " …", "interrupted": " (interrupted)", "failed": " (failed)"}
-
-
-def render_html(role: str, text: str, state: str, stats: dict[str, Any]) -> str:
-    speaker = SPEAKERS.get(role, role)
-    body = html.escape(text).replace("\n", "<br>") or ("<i>thinking…</i>" if state == "streaming" else "")
-    color = "#8a5a00" if role == "notice" else "#555"
-    parts = [f"<div style='color:{color}; font-weight:600'>{speaker}{STATE_NOTES.get(state, '')}</div>", f"<div>{body}</div>"]
-    if stats:
-        parts.append(
-            f"<div style='color:#888; font-size:small'>{stats.get('tokens', 0)} tokens · "
-            f"{stats.get('tps', 0):.1f} tok/s · first token {stats.get('ttft_ms', 0):.0f} ms</div>"
-        )
-    return "".join(parts)
 
 
 class MessageDelegate(QStyledItemDelegate):
@@ -34,7 +17,8 @@ class MessageDelegate(QStyledItemDelegate):
         doc = QTextDocument()
         doc.setDefaultFont(option.font)
         doc.setDocumentMargin(0)
-        doc.setHtml(render_html(index.data(Roles.ROLE), index.data(Roles.TEXT) or "", index.data(Roles.STATE), index.data(Roles.STATS) or {}))
+        build_document(doc, role=index.data(Roles.ROLE), text=index.data(Roles.TEXT) or "", state=index.data(Roles.STATE),
+                       stats=index.data(Roles.STATS) or {}, version=index.data(Roles.VERSION))
         doc.setTextWidth(max(50, option.rect.width() - 2 * PADDING))
         return doc
 

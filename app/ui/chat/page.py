@@ -1,37 +1,64 @@
-"""The chat page: the transcript, an input box, Send/Stop; replies stream in token by token."""
+"""The chat page: conversations on the left, the transcript, an input box, Send/Stop.
+
+The page owns the conversation store (the GUI process is its one owner). Every turn is written to
+the store as it happens; `ReplyRunner` streams the reply into one transcript row and the store.
+"""
 
 from __future__ import annotations
 
-import time
+import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from app.runtime.protocol import ErrorKind, Method, Sampling
+from app.chats import ChatStore, ChatStoreError, Conversation, ConversationSnapshot, MessageState, Role
+from app.paths import paths
+from app.runtime.protocol import Method, Sampling
 from app.ui.bridge import RuntimeBridge
+from app.ui.chat import dialogs, generation, transfer
+from app.ui.chat.conversations import ConversationListModel, ConversationsPanel
 from app.ui.chat.delegate import MessageDelegate
+from app.ui.chat.replies import ReplyRunner
+from app.ui.chat.toolbar import ChatToolbar, ContextBar
 from app.ui.chat.transcript import ChatMessage, TranscriptModel
+
+NEW_TITLE = "New chat"
+log = logging.getLogger(__name__)
+
+
+def _open_store() -> ChatStore:
+    """The user's chat history; if that file cannot be opened, a throw-away one, so the studio
+    still starts (the damaged file is left untouched for the user to recover)."""
+    try:
+        return ChatStore(paths().ensure().chats_db)
+    except ChatStoreError:
+        log.exception("cannot open the chat history; this session's chats will not be kept")
+        return ChatStore(Path(tempfile.mkdtemp(prefix="hearth-chats-")) / "chats.sqlite3")
 
 
 class ChatPage(QWidget):
     sig_speed = Signal(float)  # live decode tokens/s of the reply being streamed
     sig_model_loading = Signal(str)  # a message such as "Loading SmolLM2…"
     sig_model_used = Signal(str)  # the model id that answered
+    sig_status_changed = Signal()  # the engine's state changed (a model was unloaded)
 
-    def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
+    def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None, *, store: ChatStore | None = None) -> None:
         super().__init__(parent)
         self._bridge = bridge
         self.sampling = Sampling()
-        self.model: str | None = None  # None: the loaded model, or the embedded one
-        self._request_id: str | None = None
-        self._row = -1
-        self._tokens = 0
-        self._first_token_at = 0.0
-        self._sent_at = 0.0
+        self.context_length = 0
+        self._model: str | None = None  # None: the loaded model, or the embedded one
+        self._unload_request: str | None = None
+        self._deleted: ConversationSnapshot | None = None
+        self.store = store or _open_store()
+        self.conversation: Conversation | None = None
 
         self.transcript = TranscriptModel(self)
+        self.replies = ReplyRunner(bridge, self.transcript, self)
         self.view = QListView(self)
         self.view.setModel(self.transcript)
         self._delegate = MessageDelegate(self.view)
@@ -40,7 +67,14 @@ class ChatPage(QWidget):
         self.view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.view.setAccessibleName("Transcript")
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(lambda pos: dialogs.message_menu(self, pos))
+        self.view.doubleClicked.connect(lambda index: dialogs.edit_message(self, index.row()))
+        self.view.setToolTip("Right-click a message to copy, edit, regenerate, switch versions or branch")
 
+        self.panel = ConversationsPanel(self)
+        self.toolbar = ChatToolbar(self)
+        self.context_bar = ContextBar(self)
         self.input = QPlainTextEdit(self)
         self.input.setPlaceholderText("Ask anything. Enter sends, Shift+Enter starts a new line.")
         self.input.setFixedHeight(80)
@@ -59,46 +93,257 @@ class ChatPage(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.input, 1)
         row.addLayout(buttons)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.view, 1)
-        layout.addWidget(self.hint)
-        layout.addLayout(row)
+        chat = QVBoxLayout()
+        chat.addWidget(self.toolbar)
+        chat.addWidget(self.view, 1)
+        chat.addWidget(self.context_bar)
+        chat.addWidget(self.hint)
+        chat.addLayout(row)
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.panel)
+        layout.addLayout(chat, 1)
 
-        bridge.sig_token.connect(self._on_token)
-        bridge.sig_progress.connect(self._on_progress)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
+        r = self.replies
+        r.sig_busy.connect(self._set_busy)
+        r.sig_hint.connect(self.hint.setText)
+        r.sig_speed.connect(self.sig_speed)
+        r.sig_model_loading.connect(self.sig_model_loading)
+        r.sig_model_used.connect(self.sig_model_used)
+        r.sig_row_changed.connect(self._row_changed)
+        r.sig_finished.connect(self._on_reply_finished)
+        self.panel.sig_open.connect(self.open_conversation)
+        self.panel.sig_rename.connect(self.rename_conversation)
+        self.panel.sig_delete.connect(self.delete_conversation)
+        self.panel.sig_undo_delete.connect(self.undo_delete)
+        self.panel.sig_search.connect(self.search)
+        self.toolbar.sig_model_chosen.connect(self._choose_model)
+        self.toolbar.sig_unload.connect(self.unload_model)
+        self.toolbar.sig_settings.connect(lambda: dialogs.edit_settings(self))
+        self.toolbar.sig_export.connect(lambda: dialogs.export_chat(self))
+        self.toolbar.sig_import.connect(lambda: dialogs.import_chat(self))
+        bridge.sig_finished.connect(self._on_bridge_finished)
         bridge.sig_worker_died.connect(self._on_worker_died)
         bridge.sig_worker_restarted.connect(self._on_worker_restarted)
+        self.open_latest()
 
     @property
     def busy(self) -> bool:
-        return self._request_id is not None
+        return self.replies.busy
 
-    # ---- actions ------------------------------------------------------------------------------
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    @model.setter
+    def model(self, model_id: str | None) -> None:
+        self._model = model_id
+        self.toolbar.select_model(model_id)
+        if self.conversation is not None and self.conversation.model_id != model_id:
+            self.conversation = self.store.update_conversation(self.conversation.id, model_id=model_id)
+
+    def set_models(self, models: list[dict[str, Any]]) -> None:
+        """The library's models (ModelsPage.sig_models_changed) for the picker."""
+        self.toolbar.set_models(models)
+
+    # ---- conversations ------------------------------------------------------------------------
+
+    def set_store(self, store: ChatStore) -> None:
+        """Use another store (tests point the page at a fresh file); the old one is closed."""
+        self.replies.abandon()
+        old, self.store = self.store, store
+        if old is not store:
+            old.close()
+        self.conversation = None
+        self.open_latest()
+
+    def open_latest(self) -> None:
+        """Show the newest conversation, or a new empty one."""
+        newest = self.store.conversations(limit=1)
+        self._show(newest[0] if newest else self.store.create_conversation(title=NEW_TITLE))
+
+    def open_conversation(self, conversation_id: int, reveal_message: int | None = None) -> None:
+        self.replies.abandon()
+        if reveal_message is not None and all(m.id != reveal_message for m in self.store.messages(conversation_id)):
+            self.store.switch_version(reveal_message)  # a search hit in an older version
+        self._show(self.store.conversation(conversation_id))
+
+    def new_chat(self) -> None:
+        """Start a conversation with this one's system prompt and settings (reuses an empty one)."""
+        self.replies.abandon()
+        current = self.conversation
+        if current is not None and not self.store.messages(current.id):
+            self._show(current)
+            return
+        self._show(self.store.create_conversation(
+            title=NEW_TITLE, system_prompt=current.system_prompt if current else "",
+            settings=generation.settings_blob(self.sampling, self.context_length), model_id=self._model))
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        renamed = self.store.rename_conversation(conversation_id, title)
+        if self.conversation is not None and renamed.id == self.conversation.id:
+            self.conversation = renamed
+        self.refresh_list()
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete it; `undo_delete` (the panel's Undo button) brings it back."""
+        if self.conversation is not None and conversation_id == self.conversation.id:
+            self.replies.abandon()
+        self._deleted = self.store.delete_conversation(conversation_id)
+        self.panel.show_undo(True)
+        if self.conversation is not None and conversation_id == self.conversation.id:
+            self.conversation = None
+            self.open_latest()
+        else:
+            self.refresh_list()
+
+    def undo_delete(self) -> None:
+        if self._deleted is None:
+            return
+        restored, self._deleted = self.store.restore(self._deleted), None
+        self.panel.show_undo(False)
+        self._show(restored)
+
+    def search(self, text: str) -> None:
+        """Fill the list with conversations whose messages match `text` (all of them for "")."""
+        current = self.conversation.id if self.conversation else None
+        if text:
+            rows = ConversationListModel.from_hits(self.store.search(text))
+        else:
+            rows = ConversationListModel.from_conversations(self.store.conversations())
+        self.panel.set_rows(rows, current)
+
+    def refresh_list(self) -> None:
+        self.search(self.panel.search_box.text().strip())
+
+    def branch_at(self, row: int) -> Conversation | None:
+        """A new conversation holding this one up to and including the message at `row`."""
+        message_id = self.transcript.message(row).message_id
+        if message_id is None or self.busy:
+            return None
+        branch = self.store.branch(message_id)
+        self._show(branch)
+        return branch
+
+    def _show(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.sampling = generation.sampling_from(conversation.settings)
+        self.context_length = generation.context_length_from(conversation.settings)
+        if conversation.model_id:
+            self._model = conversation.model_id
+        self.toolbar.select_model(self._model)
+        self._reload()
+        self.refresh_list()
+
+    def _reload(self) -> None:
+        if self.conversation is None:
+            return
+        messages = self.store.messages(self.conversation.id)
+        self.transcript.set_messages([ChatMessage.from_record(m) for m in messages])
+        replies = [m for m in messages if m.role is Role.ASSISTANT and m.meta.get("context")]
+        self.context_bar.show_context(replies[-1].meta["context"] if replies else None)
+        self.view.scrollToBottom()
+
+    # ---- turns --------------------------------------------------------------------------------
 
     def send(self, text: str) -> None:
         text = text.strip()
-        if not text or self.busy:
+        if not text or self.busy or self.conversation is None:
             return
-        self.transcript.append(ChatMessage("user", text))
-        messages = self.transcript.conversation()
-        self._row = self.transcript.append(ChatMessage("assistant", state="streaming"))
-        self._tokens, self._sent_at, self._first_token_at = 0, time.perf_counter(), 0.0
-        params: dict[str, Any] = {"messages": messages, "model": self.model, "sampling": self.sampling.to_dict()}
-        self._request_id = self._bridge.request(Method.CHAT, params)
+        cid = self.conversation.id
+        if self.conversation.title == NEW_TITLE and not self.store.messages(cid):
+            self.conversation = self.store.rename_conversation(cid, " ".join(text.split())[:48])
+        self.store.add_message(cid, Role.USER, text)
         self.input.clear()
-        self._set_busy(True)
-        self.view.scrollToBottom()
+        self._run(self.store.add_message(cid, Role.ASSISTANT, state=MessageState.STREAMING).id)
+
+    def edit_message(self, row: int, text: str) -> None:
+        """Edit a user message and re-run from there; the old text and replies stay a version."""
+        message = self.transcript.message(row)
+        if self.busy or message.role != "user" or message.message_id is None or not text.strip():
+            return
+        self.store.edit_message(message.message_id, text.strip())
+        assert self.conversation is not None
+        self._run(self.store.add_message(self.conversation.id, Role.ASSISTANT, state=MessageState.STREAMING).id)
+
+    def regenerate(self) -> None:
+        """A new version of the last reply; earlier ones stay reachable through the switcher."""
+        rows = [r for r in range(self.transcript.rowCount()) if self.transcript.message(r).role == "assistant"]
+        if self.busy or not rows or self.transcript.message(rows[-1]).message_id is None:
+            return
+        self._run(self.store.add_version(self.transcript.message(rows[-1]).message_id).id)  # type: ignore[arg-type]
+
+    def switch_version(self, row: int, step: int) -> None:
+        """Show the previous (-1) or next (+1) version of the message at `row`."""
+        message = self.transcript.message(row)
+        if self.busy or message.message_id is None:
+            return
+        versions = self.store.versions(message.message_id)
+        target = message.version - 1 + step
+        if 0 <= target < len(versions):
+            self.store.switch_version(versions[target].id)
+            self._reload()
+
+    def copy_message(self, row: int) -> str:
+        text = self.transcript.message(row).text
+        QGuiApplication.clipboard().setText(text)
+        return text
 
     def stop(self) -> None:
-        if self._request_id is not None:
-            self._bridge.cancel(self._request_id)
-            self.hint.setText("Stopping…")
+        self.replies.stop()
 
-    def new_chat(self) -> None:
-        self.stop()
-        self.transcript.clear()
+    def request_params(self, reply_id: int) -> dict[str, Any]:
+        """What the worker is sent for the stored reply `reply_id`: the system prompt, the turns
+        before it, the conversation's model and settings."""
+        assert self.conversation is not None
+        turns: list[dict[str, str]] = []
+        if self.conversation.system_prompt:
+            turns.append({"role": "system", "content": self.conversation.system_prompt})
+        for m in self.store.messages(self.conversation.id):
+            if m.id == reply_id:
+                break
+            if m.content or m.role is not Role.ASSISTANT:
+                turns.append({"role": m.role.value, "content": m.content})
+        params: dict[str, Any] = {"messages": turns, "model": self._model, "sampling": self.sampling.to_dict()}
+        if self.context_length:
+            params["prefs"] = {"context_length": self.context_length}
+        return params
+
+    def _run(self, reply_id: int) -> None:
+        self._reload()
+        self.replies.start(self.store, reply_id, self.request_params(reply_id))
+        self.refresh_list()
+
+    # ---- settings, model, files ---------------------------------------------------------------
+
+    def apply_settings(self, *, system_prompt: str | None = None, settings: dict[str, Any] | None = None) -> None:
+        """Store the conversation's system prompt and/or generation settings; the next request uses them."""
+        assert self.conversation is not None
+        changes: dict[str, Any] = {}
+        if system_prompt is not None:
+            changes["system_prompt"] = system_prompt
+        if settings is not None:
+            changes["settings"] = settings
+        self.conversation = self.store.update_conversation(self.conversation.id, **changes)
+        self.sampling = generation.sampling_from(self.conversation.settings)
+        self.context_length = generation.context_length_from(self.conversation.settings)
+
+    def apply_preset(self, name: str) -> None:
+        self.apply_settings(system_prompt=generation.load_presets()[name])
+
+    def unload_model(self) -> None:
+        self._unload_request = self._bridge.request(Method.ENGINE_UNLOAD)
+
+    def export_file(self, path: str) -> None:
+        assert self.conversation is not None
+        transfer.export_conversation(self.store, self.conversation.id, path)
+
+    def import_file(self, path: str) -> Conversation:
+        conversation = transfer.import_conversation(self.store, path)
+        self._show(conversation)
+        return conversation
+
+    def _choose_model(self, model_id: str | None) -> None:
+        self.model = model_id
 
     def _send_or_stop(self) -> None:
         if self.busy:
@@ -114,48 +359,22 @@ class ChatPage(QWidget):
                 return True
         return super().eventFilter(watched, event)
 
-    # ---- runtime events -----------------------------------------------------------------------
+    # ---- events -------------------------------------------------------------------------------
 
-    def _on_token(self, request_id: str, text: str) -> None:
-        if request_id != self._request_id:
-            return
-        now = time.perf_counter()
-        if self._tokens == 0:
-            self._first_token_at = now
-            self.hint.setText("")
-        self._tokens += 1
-        self.transcript.append_text(self._row, text)
-        self._delegate.sizeHintChanged.emit(self.transcript.index(self._row))
-        if self._tokens > 1 and now > self._first_token_at:
-            self.sig_speed.emit((self._tokens - 1) / (now - self._first_token_at))
+    def _row_changed(self, row: int) -> None:
+        self._delegate.sizeHintChanged.emit(self.transcript.index(row))
         self.view.scrollToBottom()
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id == self._request_id and data.get("message"):
-            self.hint.setText(str(data["message"]) + ("…" if data.get("stage") == "loading" else ""))
-            if data.get("stage") == "loading":
-                self.sig_model_loading.emit(str(data["message"]))
+    def _on_reply_finished(self, meta: dict[str, Any]) -> None:
+        if meta.get("context"):
+            self.context_bar.show_context(meta["context"])
+        self.refresh_list()
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request_id:
-            return
-        usage, timings = result.get("usage", {}), result.get("timings", {})
-        stats = {"tokens": usage.get("completion_tokens", 0), "tps": timings.get("decode_tps", 0.0), "ttft_ms": timings.get("ttft_ms", 0.0)}
-        cancelled = result.get("finish_reason") == "cancelled"
-        self.transcript.finish(self._row, "interrupted" if cancelled else "complete", stats)
-        self.hint.setText("Stopped." if cancelled else "")
-        if result.get("model"):
-            self.sig_model_used.emit(str(result["model"]))
-        self._done()
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id != self._request_id:
-            return
-        died = kind == ErrorKind.WORKER_DIED.value
-        self.transcript.finish(self._row, "interrupted" if died else "failed")
-        if not died:  # a death is reported once, by _on_worker_died
-            self.transcript.append(ChatMessage("notice", message))
-        self._done()
+    def _on_bridge_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id == self._unload_request:
+            self._unload_request = None
+            self.hint.setText("Model unloaded; its memory is free.")
+            self.sig_status_changed.emit()
 
     def _on_worker_died(self, why: str) -> None:
         self.transcript.append(ChatMessage("notice", f"{why} Your conversation is kept."))
@@ -163,12 +382,6 @@ class ChatPage(QWidget):
 
     def _on_worker_restarted(self) -> None:
         self.hint.setText("The runtime was restarted. You can continue the conversation.")
-
-    def _done(self) -> None:
-        self._request_id = None
-        self._delegate.sizeHintChanged.emit(self.transcript.index(self._row))
-        self._set_busy(False)
-        self.view.scrollToBottom()
 
     def _set_busy(self, busy: bool) -> None:
         self.send_button.setText("Stop" if busy else "Send")

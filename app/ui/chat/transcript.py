@@ -8,15 +8,24 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
 
+from app.chats import Message
+
 Index = QModelIndex | QPersistentModelIndex
 
 
 @dataclass
 class ChatMessage:
-    role: str  # "user" | "assistant" | "system" | "notice" (a note from Hearth, never sent)
+    role: str  # "user" | "assistant" | "system" | "notice" (a note from Hearth, never sent or stored)
     text: str = ""
     state: str = "complete"  # "streaming" | "complete" | "interrupted" | "failed"
     stats: dict[str, Any] = field(default_factory=dict)
+    message_id: int | None = None  # the store's id; None for notices
+    version: int = 1
+    version_count: int = 1
+
+    @classmethod
+    def from_record(cls, m: Message) -> ChatMessage:
+        return cls(m.role.value, m.content, m.state.value, dict(m.meta), m.id, m.version, m.version_count)
 
 
 class Roles(IntEnum):
@@ -24,6 +33,8 @@ class Roles(IntEnum):
     TEXT = Qt.ItemDataRole.UserRole + 2
     STATE = Qt.ItemDataRole.UserRole + 3
     STATS = Qt.ItemDataRole.UserRole + 4
+    MESSAGE_ID = Qt.ItemDataRole.UserRole + 5
+    VERSION = Qt.ItemDataRole.UserRole + 6  # (version, count), e.g. (2, 3)
 
 
 class TranscriptModel(QAbstractListModel):
@@ -48,10 +59,15 @@ class TranscriptModel(QAbstractListModel):
             return message.state
         if role == Roles.STATS:
             return message.stats
+        if role == Roles.MESSAGE_ID:
+            return message.message_id
+        if role == Roles.VERSION:
+            return (message.version, message.version_count)
         return None
 
     def roleNames(self) -> dict[int, bytes]:
-        return {Roles.ROLE: b"role", Roles.TEXT: b"text", Roles.STATE: b"state", Roles.STATS: b"stats"}
+        return {Roles.ROLE: b"role", Roles.TEXT: b"text", Roles.STATE: b"state", Roles.STATS: b"stats",
+                Roles.MESSAGE_ID: b"messageId", Roles.VERSION: b"version"}
 
     # ---- edits --------------------------------------------------------------------------------
 
@@ -75,13 +91,19 @@ class TranscriptModel(QAbstractListModel):
         index = self.index(row)
         self.dataChanged.emit(index, index, [Roles.STATE, Roles.STATS])
 
-    def clear(self) -> None:
+    def set_messages(self, messages: list[ChatMessage]) -> None:
         self.beginResetModel()
-        self._messages.clear()
+        self._messages = list(messages)
         self.endResetModel()
+
+    def clear(self) -> None:
+        self.set_messages([])
 
     def message(self, row: int) -> ChatMessage:
         return self._messages[row]
+
+    def row_of(self, message_id: int) -> int:
+        return next((r for r, m in enumerate(self._messages) if m.message_id == message_id), -1)
 
     def conversation(self) -> list[dict[str, str]]:
         """What the model is sent: user and assistant turns (and a system prompt), never notices."""

@@ -1,0 +1,61 @@
+"""Turns a transcript row into a QTextDocument: header, reasoning, Markdown answer, figures."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from PySide6.QtGui import QTextCursor, QTextDocument, QTextDocumentFragment
+
+SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System prompt", "notice": "Hearth"}
+STATE_NOTES = {"streaming": " …", "interrupted": " (interrupted)", "failed": " (failed)"}
+THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+THINK_PREVIEW = 240
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(reasoning, answer) for replies of reasoning models that wrap their thoughts in <think>."""
+    thoughts = [m.group(1).strip() for m in THINK.finditer(text)]
+    return "\n".join(t for t in thoughts if t), THINK.sub("", text).strip()
+
+
+def header_html(role: str, state: str, version: tuple[int, int] | None) -> str:
+    color = "#8a5a00" if role == "notice" else "#555"
+    switcher = f" &nbsp;<span style='color:#888'>‹ {version[0]}/{version[1]} ›</span>" if version and version[1] > 1 else ""
+    return f"<div style='color:{color}; font-weight:600'>{SPEAKERS.get(role, role)}{STATE_NOTES.get(state, '')}{switcher}</div>"
+
+
+def stats_html(stats: dict[str, Any]) -> str:
+    if not stats or "tokens" not in stats:
+        return ""
+    line = (f"{stats.get('tokens', 0)} tokens · {stats.get('tps', 0):.1f} tok/s · "
+            f"first token {stats.get('ttft_ms', 0):.0f} ms")
+    context = stats.get("context") or {}
+    if context.get("n_ctx"):
+        line += f" · context {context.get('prompt_tokens', 0)}/{context['n_ctx']}"
+    return f"<div style='color:#888; font-size:small'>{line}</div>"
+
+
+def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stats: dict[str, Any],
+                   version: tuple[int, int] | None = None) -> None:
+    """Fill `doc`. Replies become Markdown once finished; while streaming they stay plain text."""
+    cursor = QTextCursor(doc)
+    cursor.insertHtml(header_html(role, state, version))
+    cursor.insertBlock()
+    thinking, answer = split_thinking(text) if role == "assistant" else ("", text)
+    if thinking:
+        preview = thinking if len(thinking) <= THINK_PREVIEW else thinking[:THINK_PREVIEW] + " …"
+        cursor.insertHtml(f"<div style='color:#999; font-style:italic'>Thinking… {html.escape(preview)}</div>")
+        cursor.insertBlock()
+    if not answer:
+        if state == "streaming":
+            cursor.insertHtml("<i>thinking…</i>")
+    elif role == "assistant" and state != "streaming":
+        cursor.insertFragment(QTextDocumentFragment.fromMarkdown(answer))
+    else:
+        cursor.insertText(answer)
+    extra = stats_html(stats)
+    if extra:
+        cursor.insertBlock()
+        cursor.insertHtml(extra)

@@ -1,0 +1,105 @@
+"""The per-conversation settings dialog: a system-prompt preset and the generation settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from app.runtime.protocol import Sampling
+from app.ui.chat import generation
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, *, system_prompt: str, settings: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Chat settings")
+        sampling = generation.sampling_from(settings)
+        self.presets = generation.load_presets()
+        self.preset = QComboBox(self)
+        self.preset.addItems(list(self.presets))
+        self.preset.setCurrentIndex(-1)
+        self.preset.currentTextChanged.connect(lambda name: self.prompt.setPlainText(self.presets.get(name, "")))
+        save = QPushButton("Save as preset…", self)
+        save.clicked.connect(self._save_preset)
+        self.prompt = QPlainTextEdit(system_prompt, self)
+        self.prompt.setFixedHeight(90)
+
+        def spin(value: float, low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+            box = QDoubleSpinBox(self)
+            box.setRange(low, high)
+            box.setDecimals(decimals)
+            box.setSingleStep(step)
+            box.setValue(value)
+            return box
+
+        def ispin(value: int, low: int, high: int, special: str = "") -> QSpinBox:
+            box = QSpinBox(self)
+            box.setRange(low, high)
+            box.setValue(value)
+            if special:
+                box.setSpecialValueText(special)
+            return box
+
+        self.temperature = spin(sampling.temperature, 0, 2, 0.05)
+        self.top_p = spin(sampling.top_p, 0.01, 1, 0.05)
+        self.top_k = ispin(sampling.top_k, 0, 1000, "off")
+        self.min_p = spin(sampling.min_p, 0, 1, 0.01)
+        self.repeat_penalty = spin(sampling.repeat_penalty, 0.5, 2, 0.05)
+        self.max_tokens = ispin(sampling.max_tokens, 1, 32768)
+        self.seed = ispin(-1 if sampling.seed is None else sampling.seed, -1, 2**31 - 1, "random")
+        self.stop = QLineEdit(", ".join(sampling.stop), self)
+        self.stop.setPlaceholderText("comma-separated, e.g. ###, User:")
+        self.context = ispin(generation.context_length_from(settings), 0, 262144, "automatic")
+        self.context.setSingleStep(1024)
+
+        presets = QHBoxLayout()
+        presets.addWidget(self.preset, 1)
+        presets.addWidget(save)
+        form = QFormLayout(self)
+        form.addRow("Preset", presets)
+        form.addRow("System prompt", self.prompt)
+        for label, box in (("Temperature", self.temperature), ("Top p", self.top_p), ("Top k", self.top_k),
+                           ("Min p", self.min_p), ("Repeat penalty", self.repeat_penalty),
+                           ("Max reply tokens", self.max_tokens), ("Seed", self.seed), ("Stop strings", self.stop),
+                           ("Context length", self.context)):
+            form.addRow(label, box)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def system_prompt(self) -> str:
+        return self.prompt.toPlainText().strip()
+
+    def settings(self) -> dict[str, Any]:
+        stop = tuple(s.strip() for s in self.stop.text().split(",") if s.strip())
+        sampling = Sampling(
+            temperature=self.temperature.value(), top_p=self.top_p.value(), top_k=self.top_k.value(),
+            min_p=self.min_p.value(), repeat_penalty=self.repeat_penalty.value(), max_tokens=self.max_tokens.value(),
+            seed=None if self.seed.value() < 0 else self.seed.value(), stop=stop)
+        return generation.settings_blob(sampling, self.context.value())
+
+    def _save_preset(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")
+        if ok and name.strip():
+            generation.save_preset(name.strip(), self.system_prompt())
+            self.presets = generation.load_presets()
+            self.preset.blockSignals(True)
+            self.preset.clear()
+            self.preset.addItems(list(self.presets))
+            self.preset.setCurrentText(name.strip())
+            self.preset.blockSignals(False)

@@ -1,0 +1,53 @@
+"""How a reply looks: Markdown with monospace code once finished, reasoning apart, the context bar."""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QTextDocument
+
+from app.ui.chat.render import build_document, split_thinking
+from app.ui.chat.toolbar import ChatToolbar, ContextBar
+
+
+def _doc(text: str, state: str = "complete", stats: dict | None = None) -> QTextDocument:  # type: ignore[type-arg]
+    doc = QTextDocument()
+    build_document(doc, role="assistant", text=text, state=state, stats=stats or {}, version=(2, 3))
+    return doc
+
+
+def test_a_finished_reply_is_markdown_with_monospace_code(qtbot) -> None:  # type: ignore[no-untyped-def]
+    doc = _doc("Some **bold** text.\n\n```python\nprint(1)\n```\n")
+    plain = doc.toPlainText()
+    assert "**" not in plain and "print(1)" in plain and "‹ 2/3 ›" in plain
+    block = doc.begin()
+    while block.isValid() and "print(1)" not in block.text():
+        block = block.next()
+    assert block.charFormat().fontFixedPitch() or block.blockFormat().nonBreakableLines()
+    streaming = _doc("Some **bold", state="streaming")
+    assert "**bold" in streaming.toPlainText()  # plain text while it streams
+
+
+def test_thinking_is_shown_apart_from_the_answer(qtbot) -> None:  # type: ignore[no-untyped-def]
+    assert split_thinking("<think>Let me see.</think>The answer is 4.") == ("Let me see.", "The answer is 4.")
+    assert split_thinking("<think>still going") == ("still going", "")
+    plain = _doc("<think>Let me see.</think>The answer is 4.").toPlainText()
+    assert "Thinking… Let me see." in plain and "<think>" not in plain
+
+
+def test_context_bar_and_dropped_notice(qtbot) -> None:  # type: ignore[no-untyped-def]
+    bar = ContextBar()
+    qtbot.addWidget(bar)
+    bar.show_context(None)
+    assert not bar.isVisibleTo(bar.parentWidget() or bar) or bar.isHidden()
+    bar.show_context({"n_ctx": 2048, "prompt_tokens": 1000, "completion_tokens": 24, "dropped_messages": 2})
+    assert not bar.isHidden() and bar.bar.value() == 1024 and bar.bar.maximum() == 2048
+    assert "2 older messages" in bar.dropped.text()
+
+
+def test_model_picker_keeps_the_choice(qtbot) -> None:  # type: ignore[no-untyped-def]
+    bar = ChatToolbar()
+    qtbot.addWidget(bar)
+    bar.set_models([{"id": "a", "name": "Alpha", "quantization": "Q4_1"}, {"id": "b", "name": "Beta"}])
+    bar.select_model("b")
+    bar.set_models([{"id": "b", "name": "Beta"}, {"id": "c", "name": "Gamma"}])
+    assert bar.current_model() == "b" and bar.models.count() == 3
+    assert bar.models.itemText(0).startswith("Default")
