@@ -230,6 +230,7 @@ class ChatParams:
     sampling: Sampling = field(default_factory=Sampling)
     context_policy: str = "rolling_window"  # one of CONTEXT_POLICIES
     chat_template: str | None = None  # a Jinja chat template used instead of the model's
+    prefs: dict[str, Any] = field(default_factory=dict)  # planner preferences for this chat (e.g. context_length)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ChatParams:
@@ -262,6 +263,7 @@ class ChatParams:
             sampling=Sampling.from_dict(raw.get("sampling")),
             context_policy=policy,
             chat_template=template,
+            prefs=dict(_check(raw.get("prefs") or {}, dict, "prefs")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,4 +274,5 @@ class ChatParams:
             "sampling": self.sampling.to_dict(),
             "context_policy": self.context_policy,
             "chat_template": self.chat_template,
+            "prefs": dict(self.prefs),
         }

@@ -43,3 +43,18 @@ def test_a_tight_plan_is_confirmed_by_a_dry_run_first() -> None:
     assert stages[:2] == ["checking", "planned"]
     assert "dry run" in status["measured"]["dry_run"] and "no dry run" not in status["measured"]["dry_run"]
     assert status["plan"]["context_length"]["value"] == 8192
+
+
+def test_a_conversations_context_length_reaches_the_plan_and_reloads_only_when_it_changes() -> None:
+    engine = _engine(hardware.probe())
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "sampling": {"max_tokens": 4}}
+    try:
+        engine.chat({**chat, "prefs": {"context_length": 1024}}, JobState("c1", lambda e: None))
+        first = engine._backend
+        assert engine.status({}, JobState("s", lambda e: None))["settings"]["n_ctx"] == 1024
+        engine.chat({**chat, "prefs": {"context_length": 1024}}, JobState("c2", lambda e: None))
+        assert engine._backend is first  # same plan: the loaded model and its cache are kept
+        engine.chat({**chat, "prefs": {"context_length": 2048}}, JobState("c3", lambda e: None))
+        assert engine._backend is not first and engine.status({}, JobState("s", lambda e: None))["settings"]["n_ctx"] == 2048
+    finally:
+        engine.close()

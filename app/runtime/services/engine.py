@@ -77,10 +77,12 @@ class EngineService:
         if request.backend not in ("auto", *BACKENDS):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {request.backend!r}. Available: auto, {', '.join(BACKENDS)}.")
         with self._lock:
-            loaded = self._backend
-        if loaded is None or request.model is not None:
-            model = library.resolve(request.model, self._models())
-            loaded = self._ensure_loaded(model, self._prefs({}), state)
+            loaded, current = self._backend, self._model
+        if loaded is None or request.model is not None or request.prefs:
+            # A conversation's own settings (say, its context length) may need a different plan;
+            # _ensure_loaded keeps the loaded model when the plan comes out the same.
+            model = library.resolve(request.model, self._models()) if request.model or current is None else current
+            loaded = self._ensure_loaded(model, self._prefs(request.prefs), state)
         completion = loaded.chat(
             request.messages,
             request.sampling,
