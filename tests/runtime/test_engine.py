@@ -58,3 +58,12 @@ def test_a_conversations_context_length_reaches_the_plan_and_reloads_only_when_i
         assert engine._backend is not first and engine.status({}, JobState("s", lambda e: None))["settings"]["n_ctx"] == 2048
     finally:
         engine.close()
+
+
+def test_status_shows_the_models_chat_template() -> None:
+    engine = _engine(hardware.probe())
+    try:
+        status = engine.load({}, JobState("t", lambda e: None))
+    finally:
+        engine.close()
+    assert status["template_source"] == "model" and "<|im_start|>" in status["chat_template"]

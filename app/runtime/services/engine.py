@@ -69,6 +69,8 @@ class EngineService:
             "plan": made.to_dict(),
             "summary": planner.summary(made),
             "settings": dict(getattr(backend, "settings", {})),
+            "chat_template": getattr(backend, "chat_template", None),  # the model's own, for viewing
+            "template_source": getattr(backend, "template_source", None),
             "measured": dict(self._measured),
         }
 
