@@ -51,3 +51,33 @@ def test_model_picker_keeps_the_choice(qtbot) -> None:  # type: ignore[no-untype
     bar.set_models([{"id": "b", "name": "Beta"}, {"id": "c", "name": "Gamma"}])
     assert bar.current_model() == "b" and bar.models.count() == 3
     assert bar.models.itemText(0).startswith("Default")
+
+
+def test_a_python_code_block_is_coloured(qtbot) -> None:  # type: ignore[no-untyped-def]
+    doc = _doc("Here:\n\n```python\ndef f(x):  # add one\n    return x + 1, 'one'\n```\n\nDone.")
+    colours: dict[str, set[str]] = {}
+    block = doc.begin()
+    while block.isValid():
+        it = block.begin()
+        while not it.atEnd():
+            fragment = it.fragment()
+            colours.setdefault(block.text(), set()).add(fragment.charFormat().foreground().color().name())
+            it += 1
+        block = block.next()
+    code = colours["def f(x):  # add one"] | colours["    return x + 1, 'one'"]
+    assert len(code) >= 4  # keyword, comment, number, string (and plain text)
+    assert len(colours["Done."]) == 1 and len(colours["Here:"]) == 1  # prose is left alone
+
+
+def test_the_tokenizer_finds_keywords_strings_comments_and_numbers() -> None:
+    from app.ui.chat.highlight import language, spans
+
+    python = language("py")
+    assert python is not None
+    kinds = [(line[s:s + n], k) for line in ['x = "a#b"  # note', "if n > 0x1F: return None"]
+             for s, n, k in spans(line, python)]
+    assert kinds == [('"a#b"', "string"), ("# note", "comment"), ("if", "keyword"), ("0x1F", "number"),
+                     ("return", "keyword"), ("None", "keyword")]
+    js = language("js")
+    assert js is not None and [k for _, _, k in spans("const s = 'x'; // done", js)] == ["keyword", "string", "comment"]
+    assert language("text") is None  # an unknown language stays plain

@@ -2,22 +2,37 @@
 
 The list is a QAbstractListModel over plain rows (`Conversation`s, or search hits when the search
 box holds text); the panel only asks the page to open, rename or delete by id, so the store has
-one owner (the page).
+one owner (the page), opened here by `open_store`.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QPushButton, QVBoxLayout, QWidget
 
-from app.chats import Conversation, SearchHit
+from app.chats import ChatStore, ChatStoreError, Conversation, SearchHit
+from app.paths import paths
 
 Index = QModelIndex | QPersistentModelIndex
 UNDO_MS = 15_000
 SEARCH_DELAY_MS = 200
+log = logging.getLogger(__name__)
+
+
+def open_store() -> ChatStore:
+    """The user's chat history; if that file cannot be opened, a throw-away one, so the studio
+    still starts (the damaged file is left untouched for the user to recover)."""
+    try:
+        return ChatStore(paths().ensure().chats_db)
+    except ChatStoreError:
+        log.exception("cannot open the chat history; this session's chats will not be kept")
+        return ChatStore(Path(tempfile.mkdtemp(prefix="hearth-chats-")) / "chats.sqlite3")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ def edit_settings(page: ChatPage) -> None:
     dialog = SettingsDialog(system_prompt=page.conversation.system_prompt, settings=page.conversation.settings, parent=page)
     if dialog.exec():
         page.apply_settings(system_prompt=dialog.system_prompt(), settings=dialog.settings())
+        if dialog.idle_minutes() != page.idle.minutes:
+            _guard(page, lambda: page.set_idle_unload(dialog.idle_minutes()))
 
 
 def export_chat(page: ChatPage) -> None:

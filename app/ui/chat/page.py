@@ -6,38 +6,25 @@ the store as it happens; `ReplyRunner` streams the reply into one transcript row
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListView, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from app.chats import ChatStore, ChatStoreError, Conversation, ConversationSnapshot, MessageState, Role
-from app.paths import paths
+from app.chats import ChatStore, Conversation, ConversationSnapshot, MessageState, Role
 from app.runtime.protocol import Method, Sampling
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat import dialogs, generation, transfer
-from app.ui.chat.conversations import ConversationListModel, ConversationsPanel
+from app.ui.chat.conversations import ConversationListModel, ConversationsPanel, open_store
 from app.ui.chat.delegate import MessageDelegate
+from app.ui.chat.idle import IdleUnloader
 from app.ui.chat.replies import ReplyRunner
+from app.ui.chat.template_dialog import FALLBACK_NOTICE, TemplateEditor
 from app.ui.chat.toolbar import ChatToolbar, ContextBar
 from app.ui.chat.transcript import ChatMessage, TranscriptModel
 
 NEW_TITLE = "New chat"
-log = logging.getLogger(__name__)
-
-
-def _open_store() -> ChatStore:
-    """The user's chat history; if that file cannot be opened, a throw-away one, so the studio
-    still starts (the damaged file is left untouched for the user to recover)."""
-    try:
-        return ChatStore(paths().ensure().chats_db)
-    except ChatStoreError:
-        log.exception("cannot open the chat history; this session's chats will not be kept")
-        return ChatStore(Path(tempfile.mkdtemp(prefix="hearth-chats-")) / "chats.sqlite3")
 
 
 class ChatPage(QWidget):
@@ -53,12 +40,15 @@ class ChatPage(QWidget):
         self.context_length = 0
         self._model: str | None = None  # None: the loaded model, or the embedded one
         self._unload_request: str | None = None
+        self._unload_hint = ""
         self._deleted: ConversationSnapshot | None = None
-        self.store = store or _open_store()
+        self.store = store or open_store()
         self.conversation: Conversation | None = None
 
         self.transcript = TranscriptModel(self)
         self.replies = ReplyRunner(bridge, self.transcript, self)
+        self.idle = IdleUnloader(generation.idle_unload_minutes(), self, busy=lambda: self.busy)
+        self.templates = TemplateEditor(bridge, self)
         self.view = QListView(self)
         self.view.setModel(self.transcript)
         self._delegate = MessageDelegate(self.view)
@@ -105,6 +95,9 @@ class ChatPage(QWidget):
 
         r = self.replies
         r.sig_busy.connect(self._set_busy)
+        r.sig_busy.connect(lambda busy: self.idle.touch())  # a request starts or ends: not idle
+        self.idle.sig_idle.connect(lambda minutes: self.unload_model(
+            hint=f"Unloaded the model after {minutes} minutes without use; it loads again on your next message."))
         r.sig_hint.connect(self.hint.setText)
         r.sig_speed.connect(self.sig_speed)
         r.sig_model_loading.connect(self.sig_model_loading)
@@ -119,6 +112,7 @@ class ChatPage(QWidget):
         self.toolbar.sig_model_chosen.connect(self._choose_model)
         self.toolbar.sig_unload.connect(self.unload_model)
         self.toolbar.sig_settings.connect(lambda: dialogs.edit_settings(self))
+        self.toolbar.sig_template.connect(self.templates.open)
         self.toolbar.sig_export.connect(lambda: dialogs.export_chat(self))
         self.toolbar.sig_import.connect(lambda: dialogs.import_chat(self))
         bridge.sig_finished.connect(self._on_bridge_finished)
@@ -176,7 +170,8 @@ class ChatPage(QWidget):
             return
         self._show(self.store.create_conversation(
             title=NEW_TITLE, system_prompt=current.system_prompt if current else "",
-            settings=generation.settings_blob(self.sampling, self.context_length), model_id=self._model))
+            settings=generation.settings_blob(self.sampling, self.context_length, base=current.settings if current else None),
+            model_id=self._model))
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
         renamed = self.store.rename_conversation(conversation_id, title)
@@ -303,7 +298,10 @@ class ChatPage(QWidget):
                 break
             if m.content or m.role is not Role.ASSISTANT:
                 turns.append({"role": m.role.value, "content": m.content})
-        params: dict[str, Any] = {"messages": turns, "model": self._model, "sampling": self.sampling.to_dict()}
+        params: dict[str, Any] = {"messages": turns, "model": self._model, "sampling": self.sampling.to_dict(),
+                                  "context_policy": generation.context_policy_from(self.conversation.settings)}
+        if self.chat_template:
+            params["chat_template"] = self.chat_template
         if self.context_length:
             params["prefs"] = {"context_length": self.context_length}
         return params
@@ -327,11 +325,25 @@ class ChatPage(QWidget):
         self.sampling = generation.sampling_from(self.conversation.settings)
         self.context_length = generation.context_length_from(self.conversation.settings)
 
+    @property
+    def chat_template(self) -> str:
+        """This conversation's template override ("" = the model's own)."""
+        return generation.chat_template_from(self.conversation.settings if self.conversation else None)
+
+    def set_chat_template(self, template: str) -> None:
+        assert self.conversation is not None
+        self.apply_settings(settings=dict(self.conversation.settings, **{generation.TEMPLATE_KEY: template.strip()}))
+
+    def set_idle_unload(self, minutes: int) -> None:
+        """Unload the model after `minutes` without a request (0 = never); kept for every chat."""
+        generation.save_idle_unload_minutes(minutes)
+        self.idle.set_minutes(minutes)
+
     def apply_preset(self, name: str) -> None:
         self.apply_settings(system_prompt=generation.load_presets()[name])
 
-    def unload_model(self) -> None:
-        self._unload_request = self._bridge.request(Method.ENGINE_UNLOAD)
+    def unload_model(self, *, hint: str = "Model unloaded; its memory is free.") -> None:
+        self._unload_request, self._unload_hint = self._bridge.request(Method.ENGINE_UNLOAD), hint
 
     def export_file(self, path: str) -> None:
         assert self.conversation is not None
@@ -368,12 +380,14 @@ class ChatPage(QWidget):
     def _on_reply_finished(self, meta: dict[str, Any]) -> None:
         if meta.get("context"):
             self.context_bar.show_context(meta["context"])
+        if meta.get("template") == "fallback":
+            self.transcript.append(ChatMessage("notice", FALLBACK_NOTICE))
         self.refresh_list()
 
     def _on_bridge_finished(self, request_id: str, result: dict[str, Any]) -> None:
         if request_id == self._unload_request:
             self._unload_request = None
-            self.hint.setText("Model unloaded; its memory is free.")
+            self.hint.setText(self._unload_hint)
             self.sig_status_changed.emit()
 
     def _on_worker_died(self, why: str) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 from PySide6.QtGui import QTextCursor, QTextDocument, QTextDocumentFragment
 
+from app.ui.chat.highlight import highlight_code_blocks
+
 SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System prompt", "notice": "Hearth"}
 STATE_NOTES = {"streaming": " …", "interrupted": " (interrupted)", "failed": " (failed)"}
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -39,7 +41,7 @@ def stats_html(stats: dict[str, Any]) -> str:
 
 def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stats: dict[str, Any],
                    version: tuple[int, int] | None = None) -> None:
-    """Fill `doc`. Replies become Markdown once finished; while streaming they stay plain text."""
+    """Fill `doc`. Replies become Markdown (code blocks coloured) once finished; while streaming they stay plain text."""
     cursor = QTextCursor(doc)
     cursor.insertHtml(header_html(role, state, version))
     cursor.insertBlock()
@@ -52,7 +54,9 @@ def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stat
         if state == "streaming":
             cursor.insertHtml("<i>thinking…</i>")
     elif role == "assistant" and state != "streaming":
+        start = cursor.position()
         cursor.insertFragment(QTextDocumentFragment.fromMarkdown(answer))
+        highlight_code_blocks(doc, start)  # code blocks coloured by language
     else:
         cursor.insertText(answer)
     extra = stats_html(stats)

@@ -105,6 +105,8 @@ class ReplyRunner(QObject):
             meta["context"] = dict(result["context"], completion_tokens=usage.get("completion_tokens", 0))
         if result.get("model"):
             meta["model"] = str(result["model"])
+        if result.get("template"):  # "model", "override" or "fallback" (the model's failed: ChatML)
+            meta["template"] = str(result["template"])
         cancelled = result.get("finish_reason") == "cancelled"
         self.sig_hint.emit("Stopped." if cancelled else "")
         self._end(MessageState.INTERRUPTED if cancelled else MessageState.COMPLETE, meta,

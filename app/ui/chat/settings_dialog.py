@@ -1,4 +1,5 @@
-"""The per-conversation settings dialog: a system-prompt preset and the generation settings."""
+"""The settings dialog: per conversation, a system-prompt preset, the generation settings and the
+context policy; app-wide, whether to unload the model when the chat is idle."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class SettingsDialog(QDialog):
     def __init__(self, *, system_prompt: str, settings: dict[str, Any], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Chat settings")
+        self._settings = dict(settings)
         sampling = generation.sampling_from(settings)
         self.presets = generation.load_presets()
         self.preset = QComboBox(self)
@@ -65,6 +67,16 @@ class SettingsDialog(QDialog):
         self.stop.setPlaceholderText("comma-separated, e.g. ###, User:")
         self.context = ispin(generation.context_length_from(settings), 0, 262144, "automatic")
         self.context.setSingleStep(1024)
+        self.policy = QComboBox(self)
+        for policy, label in generation.CONTEXT_POLICY_LABELS.items():
+            self.policy.addItem(label, policy)
+        self.policy.setCurrentIndex(self.policy.findData(generation.context_policy_from(settings)))
+        self.policy.setToolTip("What happens when the conversation no longer fits in the model's memory")
+        self.idle = QComboBox(self)
+        for minutes in generation.IDLE_CHOICES:
+            self.idle.addItem(f"After {minutes} minutes without a request" if minutes else "Never", minutes)
+        self.idle.setCurrentIndex(self.idle.findData(generation.idle_unload_minutes()))
+        self.idle.setToolTip("For every chat: free the model's memory when it has not been used for a while")
 
         presets = QHBoxLayout()
         presets.addWidget(self.preset, 1)
@@ -75,7 +87,8 @@ class SettingsDialog(QDialog):
         for label, box in (("Temperature", self.temperature), ("Top p", self.top_p), ("Top k", self.top_k),
                            ("Min p", self.min_p), ("Repeat penalty", self.repeat_penalty),
                            ("Max reply tokens", self.max_tokens), ("Seed", self.seed), ("Stop strings", self.stop),
-                           ("Context length", self.context)):
+                           ("Context length", self.context), ("When the context is full", self.policy),
+                           ("Unload the model", self.idle)):
             form.addRow(label, box)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
@@ -91,7 +104,12 @@ class SettingsDialog(QDialog):
             temperature=self.temperature.value(), top_p=self.top_p.value(), top_k=self.top_k.value(),
             min_p=self.min_p.value(), repeat_penalty=self.repeat_penalty.value(), max_tokens=self.max_tokens.value(),
             seed=None if self.seed.value() < 0 else self.seed.value(), stop=stop)
-        return generation.settings_blob(sampling, self.context.value())
+        return generation.settings_blob(sampling, self.context.value(), base=self._settings,
+                                        context_policy=str(self.policy.currentData()))
+
+    def idle_minutes(self) -> int:
+        """The app-wide idle-unload choice (0 = never); not part of the conversation's settings."""
+        return int(self.idle.currentData())
 
     def _save_preset(self) -> None:
         name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")

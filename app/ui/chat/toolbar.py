@@ -1,4 +1,4 @@
-"""The chat page's top bar (model picker, Unload, Settings, Export, Import) and its context bar."""
+"""The chat page's top bar (model picker, Unload, Settings, Template, Export, Import) and its context bar."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class ChatToolbar(QWidget):
     sig_model_chosen = Signal(object)  # a library model id, or None for the default
     sig_unload = Signal()
     sig_settings = Signal()
+    sig_template = Signal()
     sig_export = Signal()
     sig_import = Signal()
 
@@ -26,17 +27,20 @@ class ChatToolbar(QWidget):
         self.unload_button = QPushButton("Unload", self)
         self.unload_button.setToolTip("Free the memory the loaded model uses")
         self.settings_button = QPushButton("Settings…", self)
+        self.template_button = QPushButton("Template…", self)
+        self.template_button.setToolTip("View the model's chat template, or override it for this conversation")
         self.export_button = QPushButton("Export…", self)
         self.import_button = QPushButton("Import…", self)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(QLabel("Model:", self))
         layout.addWidget(self.models, 1)
-        for button in (self.unload_button, self.settings_button, self.export_button, self.import_button):
+        for button in (self.unload_button, self.settings_button, self.template_button, self.export_button, self.import_button):
             layout.addWidget(button)
         self.models.activated.connect(lambda row: self.sig_model_chosen.emit(self.models.itemData(row)))
         self.unload_button.clicked.connect(self.sig_unload)
         self.settings_button.clicked.connect(self.sig_settings)
+        self.template_button.clicked.connect(self.sig_template)
         self.export_button.clicked.connect(self.sig_export)
         self.import_button.clicked.connect(self.sig_import)
 
