@@ -95,7 +95,7 @@ class MainWindow(QMainWindow):
         bridge.sig_finished.connect(self._on_finished)
         bridge.sig_failed.connect(self._on_failed)
         bridge.sig_progress.connect(self._on_progress)
-        self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tok/s"))
+        self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"decode {tps:.1f} tok/s"))
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
         self.models_page.sig_load_requested.connect(self.load_model)

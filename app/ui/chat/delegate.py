@@ -2,24 +2,56 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSize
-from PySide6.QtGui import QAbstractTextDocumentLayout, QPainter, QPalette, QTextDocument
+import json
+from collections import OrderedDict
+from typing import Any
+
+from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSize
+from PySide6.QtGui import QAbstractTextDocumentLayout, QPainter, QPalette, QTextBlockFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from app.ui.chat.render import build_document
 from app.ui.chat.transcript import Roles
 
 PADDING = 10
+CACHE_SIZE = 256  # rendered rows kept
+
+
+def _wrap_code_lines(doc: QTextDocument) -> None:
+    """Markdown code blocks are non-breaking; in a chat column they must wrap, not scroll sideways."""
+    cursor = QTextCursor(doc)
+    cursor.select(QTextCursor.SelectionType.Document)
+    wrap = QTextBlockFormat()
+    wrap.setNonBreakableLines(False)
+    cursor.mergeBlockFormat(wrap)
 
 
 class MessageDelegate(QStyledItemDelegate):
+    """Rendering Markdown is the costly part of a repaint, so finished documents are kept, keyed
+    by everything they show; a streamed token changes the key of its own row only."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._cache: OrderedDict[tuple[Any, ...], QTextDocument] = OrderedDict()
+
     def _document(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QTextDocument:
+        role, text, state = index.data(Roles.ROLE), index.data(Roles.TEXT) or "", index.data(Roles.STATE)
+        stats, version = index.data(Roles.STATS) or {}, index.data(Roles.VERSION)
+        width = max(50, option.rect.width() - 2 * PADDING)
+        key = (role, text, state, json.dumps(stats, sort_keys=True, default=str), version, width, option.font.toString())
+        doc = self._cache.get(key)
+        if doc is not None:
+            self._cache.move_to_end(key)
+            return doc
         doc = QTextDocument()
         doc.setDefaultFont(option.font)
         doc.setDocumentMargin(0)
-        build_document(doc, role=index.data(Roles.ROLE), text=index.data(Roles.TEXT) or "", state=index.data(Roles.STATE),
-                       stats=index.data(Roles.STATS) or {}, version=index.data(Roles.VERSION))
-        doc.setTextWidth(max(50, option.rect.width() - 2 * PADDING))
+        build_document(doc, role=role, text=text, state=state, stats=stats, version=version)
+        _wrap_code_lines(doc)
+        doc.setTextWidth(width)
+        self._cache[key] = doc
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
         return doc
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
