@@ -25,8 +25,9 @@ from app.runtime.planner.speed import Calibration
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_FILL = 1000  # tokens in the cache for the calibration's second run
+LONG_CONTEXT = 4096
 PROMPT = "Write a long numbered list of everyday objects, one per line, with a short description of each."
-CALIBRATION_CONTEXT = 1024
 
 
 def _cache_file() -> Path:
@@ -58,36 +59,42 @@ class DecodeRun:
     prompt_tokens: int  # tokens in the context when decoding started
 
 
-def measure_decode(model: ModelInfo, made: Plan, *, prompt: str = PROMPT, n_tokens: int = 64) -> DecodeRun:
-    """Load the model with the plan's settings and time ``n_tokens`` greedy decode steps."""
+def measure_decode(model: ModelInfo, made: Plan, *, prompt: str = PROMPT, n_tokens: int = 64, repeats: int = 3) -> DecodeRun:
+    """Load the model with the plan's settings and time ``n_tokens`` greedy decode steps,
+    ``repeats`` times; the fastest run counts, since other programs only ever slow it down."""
     from app.runtime.backends.llama_cpp import LlamaCppBackend
     from app.runtime.protocol import Sampling
 
     backend = LlamaCppBackend(model.path, policy.llama_cpp_kwargs(made))
+    best: DecodeRun | None = None
     try:
-        times: list[float] = []
-        result = backend.chat(
-            [{"role": "user", "content": prompt}],
-            Sampling(temperature=0.0, max_tokens=n_tokens, repeat_penalty=1.1, seed=1),
-            on_token=lambda _: times.append(time.perf_counter()),
-            is_cancelled=lambda: False,
-        )
+        for _ in range(repeats):
+            times: list[float] = []
+            result = backend.chat(
+                [{"role": "user", "content": prompt}],
+                Sampling(temperature=0.0, max_tokens=n_tokens, repeat_penalty=1.1, seed=1),
+                on_token=lambda _: times.append(time.perf_counter()),
+                is_cancelled=lambda: False,
+            )
+            if len(times) < 8:
+                raise RuntimeError(f"the calibration run produced only {len(times)} tokens")
+            run = DecodeRun(len(times), (len(times) - 1) / (times[-1] - times[0]), result.prompt_tokens)
+            best = run if best is None or run.tokens_per_s > best.tokens_per_s else best
     finally:
         backend.close()
-    if len(times) < 8:
-        raise RuntimeError(f"the calibration run produced only {len(times)} tokens")
-    return DecodeRun(len(times), (len(times) - 1) / (times[-1] - times[0]), result.prompt_tokens)
+    assert best is not None
+    return best
 
 
 def calibrate(model: ModelInfo, hw: Hardware, *, save: bool = True) -> tuple[Calibration, dict[str, Any]]:
-    """Measure one decode and scale the factor of the memory that bounds it to match."""
-    prefs = UserPrefs(context_length=CALIBRATION_CONTEXT)
+    """Two short decodes: one with an almost empty context sets the effective bandwidth of the
+    memory that bounds decode; one with ~1,000 tokens in the cache sets what attention over the
+    cache really costs (the roofline's KV term is a lower bound: on a CPU it is partly compute)."""
     shape = read_shape(model)
     default = policy.DEFAULT_CALIBRATION
-    made = policy.plan(model, hw, prefs, shape=shape, calibration=default)
-    predicted = float(made.speed.value["decode_tokens_per_s"])
-    run = measure_decode(model, made)
-    ratio = run.tokens_per_s / predicted
+    made = policy.plan(model, hw, UserPrefs(context_length=LONG_CONTEXT), shape=shape, calibration=default)
+    short = measure_decode(model, made)
+    ratio = short.tokens_per_s / predict_at(made, short.prompt_tokens)
     if made.gpu_layers.value["repeating"] > 0:
         calibration = dataclasses.replace(default, gpu_efficiency=min(1.0, default.gpu_efficiency * ratio))
         bound = "VRAM"
@@ -100,14 +107,33 @@ def calibrate(model: ModelInfo, hw: Hardware, *, save: bool = True) -> tuple[Cal
         else:
             calibration = dataclasses.replace(default, cpu_efficiency=min(1.0, default.cpu_efficiency * ratio))
             bound = "RAM"
-    calibration = dataclasses.replace(calibration, source=f"measured {time.strftime('%Y-%m-%d')} on {model.name}")
-    report = {"measured_tokens_per_s": round(run.tokens_per_s, 2), "default_prediction": round(predicted, 2), "ratio": round(ratio, 3), "bound": bound}
+    # The slope: seconds per token grow linearly with the fill; compare the measured growth with the model's.
+    made = policy.plan(model, hw, UserPrefs(context_length=LONG_CONTEXT), shape=shape, calibration=calibration)
+    long = measure_decode(model, made, prompt=filler_prompt(CALIBRATION_FILL))
+    predicted_growth = 1 / predict_at(made, long.prompt_tokens) - 1 / predict_at(made, short.prompt_tokens)
+    measured_growth = 1 / long.tokens_per_s - 1 / short.tokens_per_s
+    kv_cost = max(0.25, min(20.0, measured_growth / predicted_growth)) if predicted_growth > 0 and measured_growth > 0 else 1.0
+    calibration = dataclasses.replace(calibration, kv_cost=kv_cost, source=f"measured {time.strftime('%Y-%m-%d')} on {model.name}")
+    report = {
+        "measured_tokens_per_s": round(short.tokens_per_s, 2),
+        "measured_tokens_per_s_with_cache": round(long.tokens_per_s, 2),
+        "cache_tokens": long.prompt_tokens,
+        "default_prediction": round(float(policy.plan(model, hw, UserPrefs(context_length=LONG_CONTEXT), shape=shape).speed.value["decode_tokens_per_s"]), 2),
+        "bandwidth_ratio": round(ratio, 3),
+        "kv_cost": round(kv_cost, 3),
+        "bound": bound,
+    }
     if save:
         path = _cache_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"machine": _machine_key(hw), "calibration": calibration.to_dict(), "report": report}, indent=2), encoding="utf-8")
     log.info("calibrated the speed model: %s -> %s", report, calibration)
     return calibration, report
+
+
+def filler_prompt(tokens: int) -> str:
+    """A prompt of about ``tokens`` tokens ("noteNN" is about three)."""
+    return "Summarise the following notes in one paragraph.\n" + " ".join(f"note{i % 97}" for i in range(max(1, tokens // 3)))
 
 
 def predict_at(made: Plan, fill: int) -> float:
@@ -118,19 +144,18 @@ def predict_at(made: Plan, fill: int) -> float:
     return 1.0 / (empty + (full - empty) * fill / int(made.context_length.value))
 
 
-def predicted_vs_measured(model: ModelInfo, hw: Hardware, calibration: Calibration, *, contexts: tuple[int, ...] = (40, 1500)) -> list[dict[str, Any]]:
-    """For each context fill (tokens already in the cache), the plan's prediction and a real decode."""
+def predicted_vs_measured(model: ModelInfo, hw: Hardware, calibration: Calibration, *, contexts: tuple[int, ...] = (40, 2500)) -> list[dict[str, Any]]:
+    """For each context fill (tokens already in the cache), the plan's prediction and a real decode.
+
+    The calibration measured at about 50 and 1,000 tokens; 2,500 is a point it never saw."""
     shape = read_shape(model)
+    made = policy.plan(model, hw, UserPrefs(context_length=LONG_CONTEXT), shape=shape, calibration=calibration)
     rows = []
     for fill in contexts:
-        n_ctx = CALIBRATION_CONTEXT if fill <= 100 else 4 * CALIBRATION_CONTEXT
-        made = policy.plan(model, hw, UserPrefs(context_length=n_ctx), shape=shape, calibration=calibration)
-        words = max(1, fill // 3)  # "noteNN" is about three tokens
-        prompt = "Summarise the following notes in one paragraph.\n" + " ".join(f"note{i % 97}" for i in range(words)) if fill > 100 else PROMPT
-        run = measure_decode(model, made, prompt=prompt)
+        run = measure_decode(model, made, prompt=filler_prompt(fill) if fill > 100 else PROMPT)
         predicted = predict_at(made, run.prompt_tokens)
         rows.append({
-            "n_ctx": n_ctx,
+            "n_ctx": LONG_CONTEXT,
             "context_fill": run.prompt_tokens,
             "predicted_tokens_per_s": round(predicted, 2),
             "measured_tokens_per_s": round(run.tokens_per_s, 2),

@@ -51,13 +51,16 @@ class Calibration:
     core_bandwidth: float = 8e9  # bytes/s one core streams through a quantized dot product
     gpu_layer_overhead_s: float = 20e-6
     cpu_layer_overhead_s: float = 15e-6
+    # Attention over the cache costs more than streaming its bytes (on a CPU it is partly compute):
+    # the KV term is multiplied by this. 1.0 until a calibration measures the slope.
+    kv_cost: float = 1.0
     source: str = "default"  # "default", or what measured it
 
     def __post_init__(self) -> None:
         for name in ("gpu_efficiency", "cpu_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"calibration {name} must be in (0, 1]")
-        if self.core_bandwidth <= 0 or self.gpu_layer_overhead_s < 0 or self.cpu_layer_overhead_s < 0:
+        if self.core_bandwidth <= 0 or self.gpu_layer_overhead_s < 0 or self.cpu_layer_overhead_s < 0 or self.kv_cost <= 0:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "calibration bandwidth must be positive and overheads not negative")
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +137,8 @@ def decode_speed(
         traffic.append((cpu_weights, first_gpu_layer, cpu_launches, cpu_bw, calibration.cpu_layer_overhead_s))
 
     def seconds(fill: int) -> float:
-        return sum((w + fill * kv_token_layer * kv_layers) / bw + launches * overhead for w, kv_layers, launches, bw, overhead in traffic)
+        kv = fill * kv_token_layer * calibration.kv_cost
+        return sum((w + kv * kv_layers) / bw + launches * overhead for w, kv_layers, launches, bw, overhead in traffic)
 
     empty, full = seconds(0), seconds(s.n_ctx)
     return SpeedEstimate(
