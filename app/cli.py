@@ -47,7 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--kv-type", help="pin the KV cache type (f16, q8_0, ...)")
     plan.add_argument("--json", action="store_true", help="print the whole plan as JSON")
 
-    sub.add_parser("models", help="list the models in the library")
+    models = sub.add_parser("models", help="the model library and the Hugging Face Hub: ls, search, files, pull, rm")
+    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    msub.add_parser("ls", help="list the models in the library (the default)")
+    search = msub.add_parser("search", help="search the Hub for GGUF models")
+    search.add_argument("query")
+    search.add_argument("--sort", choices=("downloads", "likes", "updated"), default="downloads")
+    search.add_argument("--limit", type=int, default=20)
+    files = msub.add_parser("files", help="a Hub repository's variants with their sizes and fit on this machine")
+    files.add_argument("repo", help="owner/name on the Hub")
+    pull = msub.add_parser("pull", help="download a model into the library (Ctrl-C pauses; pull again to resume)")
+    pull.add_argument("repo", help="owner/name on the Hub")
+    pull.add_argument("file", nargs="?", help="the file (default: the variant recommended for this machine)")
+    rm = msub.add_parser("rm", help="delete a model file from the library")
+    rm.add_argument("name", help="library id, name or path")
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     sub.add_parser("hardware", help="print the detected hardware as JSON")
 
     bench = sub.add_parser("bench", help="measure the figures in the README and write them as JSON")
@@ -183,6 +197,121 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_dispatch(args: argparse.Namespace) -> int:
+    if args.models_command in (None, "ls"):
+        return cmd_models(args)
+    return MODELS_COMMANDS[args.models_command](args)
+
+
+def _hub_service():  # type: ignore[no-untyped-def]
+    from app.runtime.services import Services
+
+    return Services(warm_up=False).hub
+
+
+def _quiet_state():  # type: ignore[no-untyped-def]
+    from app.runtime.jobs import JobState
+
+    return JobState("cli", lambda event: None)
+
+
+def cmd_models_search(args: argparse.Namespace) -> int:
+    found = _hub_service().search({"query": args.query, "sort": args.sort, "limit": args.limit}, _quiet_state())["models"]
+    if not found:
+        print(f"No GGUF text-generation models match {args.query!r}.", file=sys.stderr)
+        return 1
+    print(f"{'REPOSITORY':60} {'DOWNLOADS':>10} {'LIKES':>6}  UPDATED")
+    for m in found:
+        print(f"{m['id']:60} {m['downloads']:>10,} {m['likes']:>6,}  {(m['last_modified'] or '')[:10]}{'  (gated)' if m['gated'] else ''}")
+    return 0
+
+
+def cmd_models_files(args: argparse.Namespace) -> int:
+    from app.runtime.planner.memory import fmt_bytes
+
+    listing = _hub_service().files({"repo_id": args.repo}, _quiet_state())
+    if not listing["variants"]:
+        print(f"{args.repo} has no GGUF files.", file=sys.stderr)
+        return 1
+    print(f"{'VARIANT':12} {'SIZE':>10}  {'ON THIS MACHINE':32} FILES")
+    for v in listing["variants"]:
+        here = " [downloaded]" if v["downloaded"] else f" [paused at {fmt_bytes(v['partial_bytes'])}]" if v["partial_bytes"] else ""
+        print(f"{v['name']:12} {fmt_bytes(v['size']):>10}  {v['fit_text']:32} {', '.join(v['files'])}{here}")
+    recommended = next((v for v in listing["variants"] if v.get("recommended")), None)
+    if recommended:
+        print(f"\nRecommended: {recommended['fit_reason']}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    import queue
+
+    from app.runtime.client import InProcessClient, failure_from_event
+    from app.runtime.protocol import ErrorKind, EventKind, Method
+
+    client = InProcessClient()
+    events: queue.Queue[Any] = queue.Queue()
+    request_id = client.submit(Method.HUB_DOWNLOAD, {"repo_id": args.repo, "filename": args.file}, events.put)
+    again = f"hearth models pull {args.repo}{' ' + args.file if args.file else ''}"
+    try:
+        while True:
+            try:
+                event = events.get()
+            except KeyboardInterrupt:
+                client.cancel(request_id)  # a pause: the partial file stays; the job answers with where it stopped
+                continue
+            if event.event is EventKind.PROGRESS:
+                _show_pull_progress(event.data)
+            elif event.event is EventKind.RESULT:
+                print(file=sys.stderr)
+                for path in event.data["paths"]:
+                    print(path)
+                return 0
+            elif event.event is EventKind.ERROR:
+                print(file=sys.stderr)
+                failure = failure_from_event(event)
+                if failure.kind is ErrorKind.CANCELLED:
+                    print(f"hearth: {failure.message} Run `{again}` to resume.", file=sys.stderr)
+                    return 130
+                raise failure
+    finally:
+        client.close()
+
+
+def _show_pull_progress(data: dict[str, Any]) -> None:
+    from app.runtime.planner.memory import fmt_bytes
+
+    if data.get("stage") == "download" and data.get("downloaded") is not None:
+        speed, eta = data.get("speed") or 0, data.get("eta")
+        line = f"{data.get('filename')}: {data.get('message')}  {fmt_bytes(speed)}/s" + (f"  ETA {eta:.0f} s" if eta is not None else "")
+        print(f"\r{line:100}", end="", file=sys.stderr, flush=True)
+    elif data.get("message"):
+        print(f"\r{data['message']:100}", end="\n" if data.get("stage") in ("chosen", "done") else "", file=sys.stderr, flush=True)
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    from app.runtime import library
+    from app.runtime.planner.memory import fmt_bytes
+    from app.runtime.services import Services
+
+    services = Services(warm_up=False)
+    model = library.resolve(args.name, services.models())
+    if not args.yes:
+        try:
+            answer = input(f"Delete {model.name} ({fmt_bytes(model.file_size)}) at {model.path}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing deleted (pass --yes to delete without asking).", file=sys.stderr)
+            return 1
+    done = services.hub.delete({"model": model.path}, _quiet_state())
+    print(f"Deleted {done['deleted']}; {fmt_bytes(done['freed'])} freed.")
+    return 0
+
+
+MODELS_COMMANDS = {"search": cmd_models_search, "files": cmd_models_files, "pull": cmd_models_pull, "rm": cmd_models_rm}
+
+
 def cmd_hardware(args: argparse.Namespace) -> int:
     from app.runtime.hardware import probe
 
@@ -202,4 +331,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"chat": cmd_chat, "plan": cmd_plan, "models": cmd_models, "hardware": cmd_hardware, "bench": cmd_bench}
+COMMANDS = {"chat": cmd_chat, "plan": cmd_plan, "models": cmd_models_dispatch, "hardware": cmd_hardware, "bench": cmd_bench}

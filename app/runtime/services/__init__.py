@@ -1,7 +1,8 @@
 """The services the worker exposes, and the table that maps protocol methods to them.
 
-Each handler is ``f(params, state) -> result``; ``is_job`` handlers run one at a time on the job
-thread (they touch the model), the others answer at once.
+Each handler is ``f(params, state) -> result``, with the `Mode` it runs in: ENGINE handlers touch
+the model and run one at a time; BACKGROUND ones wait on the network on threads of their own;
+QUICK ones answer at once.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from app.runtime import hardware, library
-from app.runtime.jobs import JobState
+from app.runtime.jobs import JobState, Mode
 from app.runtime.protocol import Method, RuntimeFailure
 from app.runtime.services.engine import EngineService
+from app.runtime.services.hub import HubService
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
 class Services:
     def __init__(self, *, warm_up: bool = True) -> None:
         self.engine = EngineService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs)
+        self.hub = HubService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs, release=self._release)
         self._hardware: hardware.Hardware | None = None
         self._hardware_lock = threading.Lock()
         if warm_up:
@@ -76,16 +79,30 @@ class Services:
             rows.append(row)
         return {"models": rows}
 
-    def methods(self) -> dict[str, tuple[Handler, bool]]:
+    def methods(self) -> dict[str, tuple[Handler, Mode]]:
         return {
-            Method.HARDWARE.value: (lambda params, state: self.hardware().to_dict(), False),
-            Method.MODELS_LIST.value: (self.list_models, False),
-            Method.ENGINE_STATUS.value: (self.engine.status, False),
-            Method.ENGINE_PLAN.value: (self.engine.plan, True),
-            Method.ENGINE_LOAD.value: (self.engine.load, True),
-            Method.ENGINE_UNLOAD.value: (self.engine.unload, True),
-            Method.CHAT.value: (self.engine.chat, True),
+            Method.HARDWARE.value: (lambda params, state: self.hardware().to_dict(), Mode.QUICK),
+            Method.MODELS_LIST.value: (self.list_models, Mode.QUICK),
+            Method.ENGINE_STATUS.value: (self.engine.status, Mode.QUICK),
+            Method.ENGINE_PLAN.value: (self.engine.plan, Mode.ENGINE),
+            Method.ENGINE_LOAD.value: (self.engine.load, Mode.ENGINE),
+            Method.ENGINE_UNLOAD.value: (self.engine.unload, Mode.ENGINE),
+            Method.CHAT.value: (self.engine.chat, Mode.ENGINE),
+            # Listings answer at once (also while a download runs); a download is a cancellable job;
+            # a delete is a job so that it never races a load or a chat of the same file.
+            Method.HUB_SEARCH.value: (self.hub.search, Mode.BACKGROUND),
+            Method.HUB_FILES.value: (self.hub.files, Mode.BACKGROUND),
+            Method.HUB_DOWNLOAD.value: (self.hub.download, Mode.BACKGROUND),
+            Method.HUB_DISCARD.value: (self.hub.discard, Mode.QUICK),
+            Method.MODELS_DELETE.value: (self.hub.delete, Mode.ENGINE),
+            Method.MODELS_ADD_FOLDER.value: (self.hub.add_folder, Mode.QUICK),
         }
+
+    def _release(self, path: str) -> None:
+        """Unload the engine's model when it is the file about to be deleted."""
+        status = self.engine.status({}, JobState("release", lambda event: None))
+        if status.get("loaded") and status["model"]["path"] == path:
+            self.engine.unload({}, JobState("release", lambda event: None))
 
     def close(self) -> None:
         self.engine.close()

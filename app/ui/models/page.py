@@ -1,14 +1,27 @@
-"""The Models page: the local library as a table; load a model for chat."""
+"""The Models page: the local library as a table (load, delete, add a folder) and a Download tab."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QTableView,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
+from app.ui.models.hub_panel import HubPanel
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -86,6 +99,8 @@ class ModelsPage(QWidget):
         super().__init__(parent)
         self._bridge = bridge
         self._list_request: str | None = None
+        self._note = ""  # what the last delete did, shown with the re-read library
+        self._change_requests: set[str] = set()  # deletes and added folders: the library is re-read after each
         self.table_model = LibraryTableModel(self)
         self.table = QTableView(self)
         self.table.setModel(self.table_model)
@@ -100,31 +115,77 @@ class ModelsPage(QWidget):
         refresh.clicked.connect(self.refresh)
         self.use_button = QPushButton("Chat with this model", self)
         self.use_button.clicked.connect(lambda: self._use(self.table.currentIndex().row()))
+        self.add_folder_button = QPushButton("Add folder…", self)
+        self.add_folder_button.clicked.connect(self._pick_folder)
+        self.delete_button = QPushButton("Delete", self)
+        self.delete_button.clicked.connect(lambda: self.delete(self.table.currentIndex().row()))
         buttons = QHBoxLayout()
         buttons.addWidget(self.status, 1)
         buttons.addWidget(refresh)
+        buttons.addWidget(self.add_folder_button)
+        buttons.addWidget(self.delete_button)
         buttons.addWidget(self.use_button)
+        library_tab = QWidget(self)
+        library_layout = QVBoxLayout(library_tab)
+        library_layout.addWidget(self.table, 1)
+        library_layout.addLayout(buttons)
+        self.hub_panel = HubPanel(bridge, self)
+        self.hub_panel.sig_downloaded.connect(lambda result: self.refresh())
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(library_tab, "Library")
+        self.tabs.addTab(self.hub_panel, "Download")
         layout = QVBoxLayout(self)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(buttons)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
         bridge.sig_finished.connect(self._on_finished)
         bridge.sig_failed.connect(self._on_failed)
 
     def refresh(self) -> None:
         self._list_request = self._bridge.request(Method.MODELS_LIST)
 
+    def add_folder(self, path: str) -> None:
+        self._change_requests.add(self._bridge.request(Method.MODELS_ADD_FOLDER, {"path": path}))
+
+    def delete(self, row: int) -> None:
+        """Delete a model file after the person confirms; the embedded model cannot be deleted."""
+        if not 0 <= row < self.table_model.rowCount():
+            return
+        model = self.table_model.model_at(row)
+        if model.get("source") == "embedded":
+            self.status.setText(f"{model['name']} is Hearth's embedded model; it cannot be deleted.")
+            return
+        size = _format("file_size", model.get("file_size", 0))
+        answer = QMessageBox.question(self, "Delete model", f"Delete {model['name']} ({size})?\n\n{model['path']}\n\nThe file is removed from disk.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self._change_requests.add(self._bridge.request(Method.MODELS_DELETE, {"model": model["path"]}))
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of GGUF models")
+        if folder:
+            self.add_folder(folder)
+
     def _use(self, row: int) -> None:
         if 0 <= row < self.table_model.rowCount():
             self.sig_load_requested.emit(str(self.table_model.model_at(row)["id"]))
 
     def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id in self._change_requests:
+            self._change_requests.discard(request_id)
+            if "freed" in result:
+                self._note = f"Deleted {result['deleted']} ({_format('file_size', result['freed'])} freed)."
+            self.refresh()
+            return
         if request_id != self._list_request:
             return
         models = result.get("models", [])
         self.table_model.set_models(models)
-        self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} in the library.")
+        self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} in the library. {self._note}".strip())
+        self._note = ""
         self.sig_models_changed.emit(models)
 
     def _on_failed(self, request_id: str, kind: str, message: str) -> None:
         if request_id == self._list_request:
             self.status.setText(f"Could not read the library: {message}")
+        elif request_id in self._change_requests:
+            self._change_requests.discard(request_id)
+            self.status.setText(message)
