@@ -1,8 +1,12 @@
 """Routes requests to services; the heart of the worker, also used in-process by the CLI and tests.
 
-Quick methods (ping, cancel, listings) answer on the caller's thread at once, so a cancel is never
-stuck behind the generation it wants to stop. Jobs (load, chat) run one at a time, in order, on
-one job thread: a model has one context, and queueing is fairer than refusing.
+Three ways a method runs (`Mode`):
+- QUICK methods (ping, cancel, listings) answer on the caller's thread at once, so a cancel is
+  never stuck behind the generation it wants to stop;
+- ENGINE jobs (load, chat) run one at a time, in order, on one engine thread: a model has one
+  context, and queueing is fairer than refusing;
+- BACKGROUND jobs (Hub calls, downloads) get a thread each: they wait on the network, and a
+  download must not stop the person from chatting.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import __version__
-from app.runtime.jobs import Emit, JobState
+from app.runtime.jobs import Emit, JobState, Mode
 from app.runtime.protocol import (
     PROTOCOL_VERSION,
     ErrorKind,
@@ -38,7 +42,7 @@ Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
 @dataclass(frozen=True)
 class MethodSpec:
     handler: Handler
-    is_job: bool  # True: runs on the job thread, in order
+    mode: Mode
 
 
 class Dispatcher:
@@ -50,10 +54,10 @@ class Dispatcher:
         self._queue: queue.Queue[tuple[Request, JobState, MethodSpec] | None] = queue.Queue()
         self.shutting_down = False
         self._methods: dict[str, MethodSpec] = {
-            Method.PING.value: MethodSpec(self._ping, is_job=False),
-            Method.CANCEL.value: MethodSpec(self._cancel, is_job=False),
-            Method.SHUTDOWN.value: MethodSpec(self._shutdown, is_job=False),
-            **{name: MethodSpec(handler, is_job) for name, (handler, is_job) in self.services.methods().items()},
+            Method.PING.value: MethodSpec(self._ping, Mode.QUICK),
+            Method.CANCEL.value: MethodSpec(self._cancel, Mode.QUICK),
+            Method.SHUTDOWN.value: MethodSpec(self._shutdown, Mode.QUICK),
+            **{name: MethodSpec(handler, mode) for name, (handler, mode) in self.services.methods().items()},
         }
         self._thread = threading.Thread(target=self._run_jobs, name="hearth-jobs", daemon=True)
         self._thread.start()
@@ -78,7 +82,7 @@ class Dispatcher:
             self._emit(Event.error(request.id, ErrorKind.UNKNOWN_METHOD, f"Unknown method {request.method!r}. Known: {known}."))
             return
         state = JobState(request.id, self._emit)
-        if not spec.is_job:
+        if spec.mode is Mode.QUICK:
             self._execute(request, state, spec)
             return
         with self._jobs_lock:
@@ -86,7 +90,10 @@ class Dispatcher:
                 self._emit(Event.error(request.id, ErrorKind.BAD_MESSAGE, f"Request id {request.id!r} is already in use."))
                 return
             self._jobs[request.id] = state
-        self._queue.put((request, state, spec))
+        if spec.mode is Mode.ENGINE:
+            self._queue.put((request, state, spec))
+        else:
+            threading.Thread(target=self._run_one, args=(request, state, spec), name=f"hearth-{request.method}", daemon=True).start()
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel everything, stop the job thread and release models."""
@@ -101,15 +108,17 @@ class Dispatcher:
 
     def _run_jobs(self) -> None:
         while (item := self._queue.get()) is not None:
-            request, state, spec = item
-            try:
-                if state.cancelled:
-                    self._emit(Event.error(request.id, ErrorKind.CANCELLED, "Cancelled before it started."))
-                else:
-                    self._execute(request, state, spec)
-            finally:
-                with self._jobs_lock:
-                    self._jobs.pop(request.id, None)
+            self._run_one(*item)
+
+    def _run_one(self, request: Request, state: JobState, spec: MethodSpec) -> None:
+        try:
+            if state.cancelled:
+                self._emit(Event.error(request.id, ErrorKind.CANCELLED, "Cancelled before it started."))
+            else:
+                self._execute(request, state, spec)
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(request.id, None)
 
     def _execute(self, request: Request, state: JobState, spec: MethodSpec) -> None:
         try:

@@ -8,12 +8,21 @@ know whether they run in the worker process or in-process.
 from __future__ import annotations
 
 import threading
+from enum import Enum
 from collections.abc import Callable
 from typing import Any
 
 from app.runtime.protocol import Event, EventKind
 
 Emit = Callable[[Event], None]
+
+
+class Mode(Enum):
+    """Where a service method runs (see app.runtime.dispatcher)."""
+
+    QUICK = "quick"  # on the caller's thread, at once
+    ENGINE = "engine"  # on the one engine thread, in order
+    BACKGROUND = "background"  # on a thread of its own (network waits, downloads)
 
 
 class JobState:
