@@ -10,6 +10,7 @@ from pathlib import Path
 # Before anything from app is imported: data, settings and logs go to a throw-away folder.
 _HOME = tempfile.mkdtemp(prefix="hearth-test-home-")
 os.environ["HEARTH_HOME"] = _HOME
+os.environ["HF_HOME"] = os.path.join(_HOME, "huggingface")  # the library scans the HF cache: keep it empty
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import psutil  # noqa: E402

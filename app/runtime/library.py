@@ -170,8 +170,38 @@ def _file_type_name(value: Any) -> str:
         return f"type {value}"
 
 
-def scan(model_dirs: Iterable[Path]) -> list[ModelInfo]:
-    """Every model Hearth can run: the embedded one first, then GGUF files in the folders.
+def hf_cache_ggufs() -> list[Path]:
+    """GGUF files already in the Hugging Face cache (huggingface_hub's own cache scan), so a model
+    another tool downloaded is in Hearth's library without a second copy."""
+    try:
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+    except ImportError:
+        return []
+    import os
+
+    from huggingface_hub import constants
+
+    # huggingface_hub fixes its cache path at import; read the variables now, as it would at start.
+    home = os.environ.get("HF_HOME")
+    folder = os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else constants.HF_HUB_CACHE)
+    try:
+        cache = scan_cache_dir(folder)
+    except (CacheNotFound, OSError) as exc:
+        log.debug("no Hugging Face cache: %s", exc)
+        return []
+    found = []
+    for repo in cache.repos:
+        if repo.repo_type != "model":
+            continue
+        for revision in repo.revisions:
+            found += [Path(f.file_path) for f in revision.files if f.file_name.lower().endswith(".gguf")]
+    return sorted(set(found))
+
+
+def scan(model_dirs: Iterable[Path], *, hf_cache: bool = True) -> list[ModelInfo]:
+    """Every model Hearth can run: the embedded one first, then GGUF files in the folders, then
+    those in the Hugging Face cache.
 
     A file that cannot be read is skipped with a logged reason, never fatal to the listing.
     """
@@ -190,7 +220,31 @@ def scan(model_dirs: Iterable[Path]) -> list[ModelInfo]:
                 seen.add(str(path))
             except RuntimeFailure as exc:
                 log.warning("skipping %s: %s", path, exc.message)
+    for path in hf_cache_ggufs() if hf_cache else ():
+        if str(path) in seen:
+            continue
+        try:
+            # The cache's file names are links into blobs/; the repo folder names the model.
+            repo = path.parents[2].name.removeprefix("models--").replace("--", "/")
+            models.append(read_gguf(path, source="hf-cache", model_id=f"{repo}/{path.name}".lower(), name=f"{repo}: {path.stem}"))
+            seen.add(str(path))
+        except (RuntimeFailure, IndexError) as exc:
+            log.warning("skipping %s from the Hugging Face cache: %s", path, exc)
     return models
+
+
+def metadata(path: str | Path) -> dict[str, Any]:
+    """A GGUF file's metadata for a person to read: every key except the tokenizer's long arrays."""
+    reader = open_gguf(path)
+    shown: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer.ggml.") and name not in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
+            shown[name] = f"[{len(field.data)} entries]"
+            continue
+        value = _field_value(field)
+        shown[name] = f"[{len(value)} entries]" if isinstance(value, list) and len(value) > 16 else value
+    shown["tensors"] = len(reader.tensors)
+    return shown
 
 
 def resolve(name_or_path: str | None, models: list[ModelInfo]) -> ModelInfo:

@@ -29,6 +29,8 @@ class Method(str, Enum):
     MODELS_LIST = "models.list"
     MODELS_DELETE = "models.delete"
     MODELS_ADD_FOLDER = "models.add_folder"
+    MODELS_DETAILS = "models.details"
+    MODELS_IMPORT = "models.import"
     HUB_SEARCH = "hub.search"
     HUB_FILES = "hub.files"
     HUB_DOWNLOAD = "hub.download"

@@ -120,3 +120,30 @@ def test_add_folder_saves_it_and_the_library_reads_it(client: InProcessClient, t
     assert any(m["path"] == str(folder / "copy.Q4_1.gguf") for m in client.call(Method.MODELS_LIST)["models"])
     with pytest.raises(RuntimeFailure, match="not a folder"):
         client.call(Method.MODELS_ADD_FOLDER, {"path": str(tmp_path / "missing")})
+
+
+def test_models_in_the_hugging_face_cache_join_the_library_with_their_details(client: InProcessClient, fake_hub: Any) -> None:
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(REPO, GGUF_NAME, endpoint=fake_hub.url, cache_dir=os.environ["HF_HUB_CACHE"])  # another tool's download
+    cached = [m for m in client.call(Method.MODELS_LIST, timeout=60)["models"] if m["source"] == "hf-cache"]
+    assert len(cached) == 1 and cached[0]["name"].startswith(REPO) and cached[0]["quantization"] == "Q4_1"
+    details = client.call(Method.MODELS_DETAILS, {"model": cached[0]["id"]}, timeout=60)
+    assert "<|im_start|>" in details["chat_template"]
+    assert details["metadata"]["general.architecture"] == "llama" and details["metadata"]["llama.block_count"] == 30
+    assert details["metadata"]["tokenizer.ggml.tokens"] == "[49152 entries]"
+
+
+def test_import_checks_the_file_and_copies_it_into_the_library(client: InProcessClient, tmp_path: Path, model_path: Path) -> None:
+    half = tmp_path / "half.gguf"
+    with model_path.open("rb") as src:
+        half.write_bytes(src.read(model_path.stat().st_size // 2))
+    with pytest.raises(RuntimeFailure) as info:
+        client.call(Method.MODELS_IMPORT, {"path": str(half)}, timeout=60)
+    assert info.value.kind is ErrorKind.MODEL_INVALID and "truncated" in info.value.message
+    assert not (paths().models / "imported").exists() or not list((paths().models / "imported").iterdir())
+    result = client.call(Method.MODELS_IMPORT, {"path": str(model_path)}, timeout=120)
+    assert Path(result["path"]).stat().st_size == model_path.stat().st_size
+    assert result["id"] in [m["id"] for m in client.call(Method.MODELS_LIST, timeout=60)["models"]]
+    with pytest.raises(RuntimeFailure):
+        client.call(Method.MODELS_IMPORT, {"path": str(model_path)}, timeout=60)  # already there: said, not overwritten

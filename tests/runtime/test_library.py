@@ -22,7 +22,7 @@ def test_scan_finds_the_embedded_model_and_folder_models(tmp_path: Path, model_p
     (tmp_path / "sub").mkdir()
     shutil.copy(model_path, tmp_path / "sub" / "copy.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"not a model")
-    models = library.scan([tmp_path])
+    models = library.scan([tmp_path], hf_cache=False)
     assert [m.source for m in models] == ["embedded", "folder"]
     assert models[0].name == library.EMBEDDED_NAME and models[1].name == "copy"
     assert library.resolve(None, models).source == "embedded"

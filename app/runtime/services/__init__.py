@@ -96,6 +96,8 @@ class Services:
             Method.HUB_DISCARD.value: (self.hub.discard, Mode.QUICK),
             Method.MODELS_DELETE.value: (self.hub.delete, Mode.ENGINE),
             Method.MODELS_ADD_FOLDER.value: (self.hub.add_folder, Mode.QUICK),
+            Method.MODELS_DETAILS.value: (self.hub.details, Mode.BACKGROUND),
+            Method.MODELS_IMPORT.value: (self.hub.import_file, Mode.BACKGROUND),
         }
 
     def _release(self, path: str) -> None:

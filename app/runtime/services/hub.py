@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # Without the model's shape, a badge from the file size alone: the weights plus this share for
 # the KV cache and compute buffers at a modest context (a rough rule, said so in the reason).
 SIZE_ONLY_OVERHEAD = 0.2
+IMPORT_CHUNK = 8 * 2**20
 
 
 def endpoint() -> str | None:
@@ -179,6 +181,45 @@ class HubService:
             settings_module.save(saved)
         found = len(library.scan([folder])) - len(library.scan([]))
         return {"path": str(folder), "added": added, "model_dirs": list(saved.model_dirs), "found": found}
+
+    def details(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        """Everything a person may want to read about a model: its GGUF metadata and chat template."""
+        ref = _text(params, "model")
+        assert ref is not None
+        model = library.resolve(ref, self._models())
+        meta = library.metadata(model.path)
+        return {"model": model.to_dict(), "chat_template": meta.pop("tokenizer.chat_template", None), "metadata": meta}
+
+    def import_file(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+        """Copy a GGUF file into Hearth's models folder, checked first and written atomically, so
+        that a bad or half-copied file never appears in the library."""
+        from app.paths import paths
+
+        raw = _text(params, "path")
+        assert raw is not None
+        source = Path(raw).expanduser().resolve()
+        info = library.read_gguf(source, source="folder")  # refuses a file that is not a whole GGUF model
+        target = paths().models / "imported" / source.name
+        if target.exists():
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{target.name} is already in the library ({target}).")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target.parent).free
+        if free < info.file_size:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{source.name} needs {fmt_bytes(info.file_size)}; only {fmt_bytes(free)} is free.")
+        partial = target.with_name(target.name + ".importing")
+        copied = 0
+        try:
+            with source.open("rb") as src, partial.open("wb") as dst:
+                while chunk := src.read(IMPORT_CHUNK):
+                    if state.cancelled:
+                        raise RuntimeFailure(ErrorKind.CANCELLED, f"Import of {source.name} cancelled; nothing was added.")
+                    dst.write(chunk)
+                    copied += len(chunk)
+                    state.progress("import", fraction=copied / max(info.file_size, 1), message=f"Importing {source.name}")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return {"path": str(target), "id": library.read_gguf(target, source="folder").id}
 
     # ---- internals ----------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -13,6 +15,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
+    QSplitter,
     QTableView,
     QTabWidget,
     QVBoxLayout,
@@ -21,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
+from app.ui.models.details import ModelDetails
 from app.ui.models.hub_panel import HubPanel
 
 Index = QModelIndex | QPersistentModelIndex
@@ -119,15 +123,28 @@ class ModelsPage(QWidget):
         self.add_folder_button.clicked.connect(self._pick_folder)
         self.delete_button = QPushButton("Delete", self)
         self.delete_button.clicked.connect(lambda: self.delete(self.table.currentIndex().row()))
+        self.import_button = QPushButton("Import file…", self)
+        self.import_button.clicked.connect(self._pick_file)
+        self.reveal_button = QPushButton("Show in folder", self)
+        self.reveal_button.clicked.connect(lambda: self.reveal(self.table.currentIndex().row()))
+        self.details = ModelDetails(self)
+        self._details_request: str | None = None
+        self.table.selectionModel().currentRowChanged.connect(lambda current, _previous: self.show_details(current.row()))
         buttons = QHBoxLayout()
         buttons.addWidget(self.status, 1)
         buttons.addWidget(refresh)
         buttons.addWidget(self.add_folder_button)
+        buttons.addWidget(self.import_button)
+        buttons.addWidget(self.reveal_button)
         buttons.addWidget(self.delete_button)
         buttons.addWidget(self.use_button)
         library_tab = QWidget(self)
         library_layout = QVBoxLayout(library_tab)
-        library_layout.addWidget(self.table, 1)
+        split = QSplitter(Qt.Orientation.Vertical, library_tab)
+        split.addWidget(self.table)
+        split.addWidget(self.details)
+        split.setSizes([400, 250])
+        library_layout.addWidget(split, 1)
         library_layout.addLayout(buttons)
         self.hub_panel = HubPanel(bridge, self)
         self.hub_panel.sig_downloaded.connect(lambda result: self.refresh())
@@ -159,6 +176,24 @@ class ModelsPage(QWidget):
         if answer == QMessageBox.StandardButton.Yes:
             self._change_requests.add(self._bridge.request(Method.MODELS_DELETE, {"model": model["path"]}))
 
+    def import_file(self, path: str) -> None:
+        """Copy a GGUF file into the library (checked first by the worker; a bad file is refused)."""
+        self.status.setText(f"Importing {Path(path).name}…")
+        self._change_requests.add(self._bridge.request(Method.MODELS_IMPORT, {"path": path}))
+
+    def show_details(self, row: int) -> None:
+        if 0 <= row < self.table_model.rowCount():
+            self._details_request = self._bridge.request(Method.MODELS_DETAILS, {"model": self.table_model.model_at(row)["path"]})
+
+    def reveal(self, row: int) -> None:
+        if 0 <= row < self.table_model.rowCount():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(self.table_model.model_at(row)["path"]).parent)))
+
+    def _pick_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import a GGUF model", "", "GGUF models (*.gguf)")
+        if path:
+            self.import_file(path)
+
     def _pick_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add a folder of GGUF models")
         if folder:
@@ -169,10 +204,15 @@ class ModelsPage(QWidget):
             self.sig_load_requested.emit(str(self.table_model.model_at(row)["id"]))
 
     def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id == self._details_request:
+            self.details.show_details(result)
+            return
         if request_id in self._change_requests:
             self._change_requests.discard(request_id)
             if "freed" in result:
                 self._note = f"Deleted {result['deleted']} ({_format('file_size', result['freed'])} freed)."
+            elif "id" in result and "path" in result:
+                self._note = f"Imported {Path(result['path']).name}."
             self.refresh()
             return
         if request_id != self._list_request:
@@ -184,7 +224,9 @@ class ModelsPage(QWidget):
         self.sig_models_changed.emit(models)
 
     def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._list_request:
+        if request_id == self._details_request:
+            self.details.setPlainText(message)
+        elif request_id == self._list_request:
             self.status.setText(f"Could not read the library: {message}")
         elif request_id in self._change_requests:
             self._change_requests.discard(request_id)
