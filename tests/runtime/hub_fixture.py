@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from huggingface_hub import constants
 
 from app.runtime import library
 
@@ -55,15 +54,6 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     server.add(hub_server.HubRepo("hearth-test/other-GGUF", [hub_server.HubFile("other.Q4_0.gguf", b"GGUF other")],
                                   downloads=10, likes=300, tags=["gguf"], library_name="gguf"))
     server.start()
-    home = tmp_path / "hf-home"
-    for name, value in {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
-                        "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1",
-                        "HEARTH_HOME": str(tmp_path / "hearth-home")}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    hub_server.point_huggingface_hub_at(server, tmp_path / "hf-home", monkeypatch)
+    monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "hearth-home"))
     return server

@@ -80,17 +80,7 @@ def fake_hub(files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPa
                        last_modified="2026-04-01T00:00:00.000Z", tags=["gguf"], library_name="gguf", gated="manual", token="hf_gated_ok"))
     server.add(HubRepo("hearth-test/smol-embedder-GGUF", [], downloads=5000, tags=["gguf"], pipeline_tag="feature-extraction"))
     server.start()
-    home = tmp_path / "hf-home"
-    for name, value in {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
-                        "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    # huggingface_hub reads these into `constants` at import; Hearth passes endpoint= explicitly anyway.
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    hub_server.point_huggingface_hub_at(server, tmp_path / "hf-home", monkeypatch)
     yield server
     server.stop()
 

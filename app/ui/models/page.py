@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
 from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
 from app.ui.models.details import ModelDetails
+from app.ui.models.hub_models import RowsModel, fmt_bytes
 from app.ui.models.hub_panel import HubPanel
 
-Index = QModelIndex | QPersistentModelIndex
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("Name", "name"),
@@ -46,7 +46,7 @@ def _format(key: str, value: Any) -> str:
     if key == "parameters":
         return f"{value / 1e9:.1f} B" if value >= 1e9 else f"{value / 1e6:.0f} M"
     if key == "file_size":
-        return f"{value / 2**30:.2f} GB" if value >= 2**30 else f"{value / 2**20:.1f} MB"
+        return fmt_bytes(value)
     if key == "context_length":
         return f"{value:,}"
     if key == "fit":
@@ -54,45 +54,20 @@ def _format(key: str, value: Any) -> str:
     return str(value)
 
 
-class LibraryTableModel(QAbstractTableModel):
+class LibraryTableModel(RowsModel):
     """A table over the plain model records (dicts of ModelInfo) the worker sends."""
 
-    def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
-        self._rows: list[dict[str, Any]] = []
+    columns = tuple((title, lambda row, key=key: _format(key, row.get(key, ""))) for title, key in COLUMNS)
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        row = self._rows[index.row()]
-        key = COLUMNS[index.column()][1]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return _format(key, row.get(key, ""))
-        if role == Qt.ItemDataRole.ToolTipRole:
-            fit = row.get("fit") or {}
-            return fit.get("placement") or fit.get("summary") if key == "fit" else row.get("path")
-        if role == Qt.ItemDataRole.UserRole:
-            return row
-        return None
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section][0]
-        return None
+    def tooltip(self, row: dict[str, Any]) -> str | None:
+        fit = row.get("fit") or {}
+        return "\n".join(part for part in (row.get("path"), fit.get("placement") or fit.get("summary")) if part)
 
     def set_models(self, models: list[dict[str, Any]]) -> None:
-        self.beginResetModel()
-        self._rows = list(models)
-        self.endResetModel()
+        self.set_rows(models)
 
     def model_at(self, row: int) -> dict[str, Any]:
-        return self._rows[row]
+        return self.row(row)
 
 
 class ModelsPage(QWidget):
