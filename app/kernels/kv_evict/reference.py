@@ -52,6 +52,16 @@ def compact_(tensors: Sequence[torch.Tensor], keep: torch.Tensor) -> int:
     return n
 
 
+def check_keydiff_inputs(keys: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, int, int, int]:
+    """The shapes every KeyDiff path accepts; returns (B, H, T, D)."""
+    if keys.dim() != 4:
+        raise ValueError(f"keys must be [B, H, T, D], got {tuple(keys.shape)}")
+    b, h, t, d = keys.shape
+    if mask is not None and tuple(mask.shape) != (b, t):
+        raise ValueError(f"mask must be [B={b}, T={t}], got {tuple(mask.shape)}")
+    return b, h, t, d
+
+
 def keydiff_scores(
     keys: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -59,11 +69,7 @@ def keydiff_scores(
     normalized_anchor: bool = True,
 ) -> torch.Tensor:
     """KeyDiff scores for keys [B, H, T, D] -> [B, H, T] fp32; ``mask`` [B, T] marks real tokens."""
-    if keys.dim() != 4:
-        raise ValueError(f"keys must be [B, H, T, D], got {tuple(keys.shape)}")
-    b, _, t, _ = keys.shape
-    if mask is not None and tuple(mask.shape) != (b, t):
-        raise ValueError(f"mask must be [B={b}, T={t}], got {tuple(mask.shape)}")
+    check_keydiff_inputs(keys, mask)
     ct = torch.promote_types(keys.dtype, torch.float32)
     k = keys.to(ct)
     valid = (

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .._triton_util import next_pow2, on_device
-from .reference import COS_EPS, check_compact_args
+from .reference import COS_EPS, check_compact_args, check_keydiff_inputs
 
 _COMPACT_BLOCK_T = 16  # 32 x 64 fp16 slots spilled 16 bytes on sm_86 (64-bit addresses per element)
 _KEYDIFF_BLOCK_T = 32
@@ -122,11 +122,7 @@ def keydiff_scores(
     normalized_anchor: bool = True,
 ) -> torch.Tensor:
     """KeyDiff scores for keys [B, H, T, D] -> fp32 [B, H, T]; ``mask`` [B, T] marks real tokens."""
-    if keys.dim() != 4:
-        raise ValueError(f"keys must be [B, H, T, D], got {tuple(keys.shape)}")
-    b, h, t, d = keys.shape
-    if mask is not None and tuple(mask.shape) != (b, t):
-        raise ValueError(f"mask must be [B={b}, T={t}], got {tuple(mask.shape)}")
+    b, h, t, d = check_keydiff_inputs(keys, mask)
     out = torch.empty((b, h, t), device=keys.device, dtype=torch.float32)
     if t == 0 or b * h == 0:
         return out
