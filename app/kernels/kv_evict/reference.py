@@ -69,7 +69,7 @@ def keydiff_scores(
     normalized_anchor: bool = True,
 ) -> torch.Tensor:
     """KeyDiff scores for keys [B, H, T, D] -> [B, H, T] fp32; ``mask`` [B, T] marks real tokens."""
-    check_keydiff_inputs(keys, mask)
+    b, _, t, _ = check_keydiff_inputs(keys, mask)
     ct = torch.promote_types(keys.dtype, torch.float32)
     k = keys.to(ct)
     valid = (
