@@ -163,24 +163,19 @@ def _profile_names() -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from app.runtime import library, planner
     from app.runtime.services import Services
 
-    services = Services(warm_up=False)
-    model = library.resolve(args.model, services.models())
-    hw = planner.load_profile(args.hardware) if args.hardware else services.hardware()
     asked = {"context_length": args.ctx, "gpu_layers": args.gpu_layers, "kv_type": args.kv_type}
-    prefs = planner.UserPrefs.from_dict({k: v for k, v in {**services.default_prefs(), **asked}.items() if v is not None})
-    from app.runtime.planner.calibrate import saved_calibration
-
-    made = planner.plan(model, hw, prefs, shape=planner.read_shape(model), calibration=saved_calibration(hw))
+    made = Services(warm_up=False).engine.plan({"model": args.model, "prefs": asked, "hardware": args.hardware}, _quiet_state())
     if args.json:
-        print(json.dumps({"summary": planner.summary(made), "plan": made.to_dict()}, indent=2))
+        print(json.dumps({"summary": made["summary"], "plan": made["plan"]}, indent=2))
         return 0
-    print(f"{model.name} on {'this machine' if hw.source == 'probe' else hw.source}: {planner.summary(made)}\n")
-    for name, choice in made.choices().items():
-        mark = " (set by you)" if choice.overridden else ""
-        print(f"  {name.replace('_', ' ')}{mark}: {choice.reason}")
+    where = "this machine" if made["hardware"] == "probe" else made["hardware"]
+    print(f"{made['model']['name']} on {where}: {made['summary']}\n")
+    for name, choice in made["plan"].items():
+        if isinstance(choice, dict) and "reason" in choice:
+            mark = " (set by you)" if choice["overridden"] else ""
+            print(f"  {name.replace('_', ' ')}{mark}: {choice['reason']}")
     return 0
 
 

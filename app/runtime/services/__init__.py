@@ -64,15 +64,13 @@ class Services:
     def list_models(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
         """The library, each model with the planner's verdict for this machine (its fit badge)."""
         from app.runtime import planner
-        from app.runtime.planner.calibrate import saved_calibration
 
-        hw = self.hardware()
-        prefs = planner.UserPrefs.from_dict({k: v for k, v in self.default_prefs().items() if v is not None})
+        hw, prefs = self.hardware(), self.engine.prefs({})
         rows = []
         for model in self.models():
             row = model.to_dict()
             try:
-                made = planner.plan(model, hw, prefs, calibration=saved_calibration(hw))
+                made = self.engine.make_plan(model, prefs, hw, exact=False)
                 row["fit"] = {"fits": True, "summary": planner.summary(made), "placement": made.gpu_layers.reason}
             except RuntimeFailure as exc:
                 row["fit"] = {"fits": False, "summary": exc.message, "placement": ""}

@@ -43,10 +43,15 @@ class EngineService:
     # ---- requests ---------------------------------------------------------------------------------
 
     def plan(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        """The plan for a model without loading it (what the person sees before a load)."""
+        """The plan for a model without loading it (what the person sees before a load);
+        ``hardware`` names a profile or JSON file to plan for another machine."""
         model, prefs = self._request_target(params)
-        made = self._make_plan(model, prefs)
-        return {"plan": made.to_dict(), "summary": planner.summary(made)}
+        profile = params.get("hardware")
+        if profile is not None and not isinstance(profile, str):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'hardware' must be a profile name or a JSON file path")
+        hw = planner.load_profile(profile) if profile else self._hardware()
+        made = self.make_plan(model, prefs, hw)
+        return {"model": model.to_dict(), "hardware": hw.source, "plan": made.to_dict(), "summary": planner.summary(made)}
 
     def load(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
         model, prefs = self._request_target(params)
@@ -84,7 +89,7 @@ class EngineService:
             # A conversation's own settings (say, its context length) may need a different plan;
             # _ensure_loaded keeps the loaded model when the plan comes out the same.
             model = library.resolve(request.model, self._models()) if request.model or current is None else current
-            loaded = self._ensure_loaded(model, self._prefs(request.prefs), state)
+            loaded = self._ensure_loaded(model, self.prefs(request.prefs), state)
         completion = loaded.chat(
             request.messages,
             request.sampling,
@@ -110,27 +115,31 @@ class EngineService:
         raw_prefs = params.get("prefs", {})
         if not isinstance(raw_prefs, dict):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'prefs' must be an object of planner preferences")
-        return library.resolve(model_ref, self._models()), self._prefs(raw_prefs)
+        return library.resolve(model_ref, self._models()), self.prefs(raw_prefs)
 
-    def _prefs(self, overrides: dict[str, Any]) -> UserPrefs:
-        return UserPrefs.from_dict({**self._default_prefs(), **{k: v for k, v in overrides.items() if v is not None}})
+    def prefs(self, overrides: dict[str, Any]) -> UserPrefs:
+        """The person's saved settings, with this request's own (non-None) values on top."""
+        asked = {k: v for k, v in overrides.items() if v is not None}
+        return UserPrefs.from_dict({k: v for k, v in {**self._default_prefs(), **asked}.items() if v is not None})
 
-    def _make_plan(self, model: ModelInfo, prefs: UserPrefs) -> Plan:
+    def make_plan(self, model: ModelInfo, prefs: UserPrefs, hw: Hardware, *, exact: bool = True) -> Plan:
+        """The one way a plan is made: ``exact`` reads the shape from the file's tensor table
+        (else it is estimated from the metadata, for quick listings), with this machine's calibration."""
         if model.format != "gguf":
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
-        hw = self._hardware()
-        return planner.plan(model, hw, prefs, shape=planner.read_shape(model), calibration=saved_calibration(hw))
+        shape = planner.read_shape(model) if exact else None
+        return planner.plan(model, hw, prefs, shape=shape, calibration=saved_calibration(hw))
 
     def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False) -> Backend:
-        made = self._make_plan(model, prefs)
+        hw = self._hardware()
+        made = self.make_plan(model, prefs, hw)
         with self._lock:
             current = self._backend
             same = self._model is not None and self._model.path == model.path and self._plan is not None
             if current is not None and same and not force and planner.llama_cpp_kwargs(self._plan) == planner.llama_cpp_kwargs(made):  # type: ignore[arg-type]
                 return current
             self._close_current()
-            hw, shape = self._hardware(), planner.read_shape(model)
-            calibration = saved_calibration(hw)
+            shape, calibration = planner.read_shape(model), saved_calibration(hw)  # the header is parsed once per process
             made, checked = self._confirm(made, model, hw, prefs, shape, calibration, state)
             state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
             state.progress("loading", message=f"Loading {model.name}", model=model.id)
