@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("hardware", help="print the detected hardware as JSON")
 
     bench = sub.add_parser("bench", help="measure the figures in the README and write them as JSON")
+    bench.add_argument(
+        "suite", nargs="?", default="runtime", choices=tuple(BENCH_SUITES),
+        help="runtime: the chat engine (default); kv: KV-cache policies and torch decode; kernels: the bundled kernels",
+    )
     bench.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON here as well as to stdout")
     bench.add_argument("--runs", type=int, default=5, help="alternating runs per side (default 5)")
     bench.add_argument("--tokens", type=int, default=128, help="tokens to decode per run (default 128)")
@@ -314,10 +318,20 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from app.runtime.bench import run_bench
+# Each suite is "module:function", imported only when asked for; the function takes the parsed
+# arguments and returns the JSON report.
+BENCH_SUITES = {
+    "runtime": "app.runtime.bench:run_from_args",
+    "kv": "app.runtime.kv.bench:run_from_args",
+    "kernels": "app.kernels.bench:run_from_args",
+}
 
-    report = run_bench(runs=args.runs, n_tokens=args.tokens)
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module_name, function_name = BENCH_SUITES[args.suite].split(":")
+    report = getattr(importlib.import_module(module_name), function_name)(args)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_path:

@@ -20,10 +20,18 @@ from app.paths import paths
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added the server, remote engines, theme, per-model backends and first run; a
+    person who already used Hearth has seen the studio, so the welcome is not shown again."""
+    raw.setdefault("first_run_done", True)
+    return raw
+
 
 # Each step turns the dict of schema version N into version N+1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 @dataclass
@@ -34,6 +42,18 @@ class Settings:
     default_backend: str = "auto"
     n_threads: int | None = None  # None = chosen from the hardware
     context_length: int | None = None  # None = chosen from the model and the hardware
+    model_backends: dict[str, str] = field(default_factory=dict)  # model id -> "llama.cpp" | "torch" (absent = auto)
+    theme: str = "system"  # "system" | "light" | "dark"
+    first_run_done: bool = False
+    # The OpenAI-compatible server (hearth serve, the Server page).
+    server_host: str = "127.0.0.1"
+    server_port: int = 8080
+    server_api_key: str | None = None  # required when server_host is not a loopback address
+    server_cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
+    server_queue_limit: int = 16  # requests waiting or running; past it the server answers 429
+    server_max_tokens: int = 4096  # the most tokens one request may ask for
+    # Remote OpenAI-compatible engines: [{"name": ..., "url": ..., "api_key": ...}]
+    remote_endpoints: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @classmethod

@@ -217,3 +217,8 @@ def run_kernel_bench(
         "kernel_path": dispatch.choice().path,
         "shapes": results,
     }
+
+
+def run_from_args(args: object) -> dict[str, Any]:
+    """`hearth bench kernels`: every linear path at SmolLM2's shapes on the default device."""
+    return run_kernel_bench()

@@ -407,3 +407,8 @@ def measure_planner_speed() -> dict[str, Any]:
     for row in rows:
         row["within_30_percent"] = abs(row["measured_over_predicted"] - 1) <= 0.30
     return {"calibration": {**report, "source": calibration.source}, "contexts": rows, "target": "measured within ±30% of predicted"}
+
+
+def run_from_args(args: Any) -> dict[str, Any]:
+    """`hearth bench` (the runtime suite) with the command line's --runs and --tokens."""
+    return run_bench(runs=args.runs, n_tokens=args.tokens)
