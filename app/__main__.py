@@ -11,6 +11,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if getattr(sys, "frozen", False):
+        _frozen_start_up()
     from app.runtime.launcher import DRY_RUN_FLAG, WORKER_FLAG
 
     if args[:1] == [WORKER_FLAG]:
@@ -21,13 +23,35 @@ def main(argv: list[str] | None = None) -> int:
         from app.runtime.planner.dryrun import child_main
 
         return child_main()
-    if not args or args[0].startswith("--gui"):
+    if not args or args[0].startswith("--gui") or args[0] == "--self-test":
         from app.ui.app import main as gui_main
 
         return gui_main(args)
     from app.cli import main as cli_main
 
     return cli_main(args)
+
+
+def _frozen_start_up() -> None:
+    """What a PyInstaller build needs before anything else runs.
+
+    - multiprocessing's spawned children re-run this executable: freeze_support() turns them into
+      the child they should be instead of a second studio (datasets and torch may spawn).
+    - The current folder may be the bundle (a double-click on some desktops): nothing may be
+      written there, so relative paths are pointed at the user's home instead.
+    - A windowed build on Windows has no console: sys.stdout/sys.stderr are None, and a print
+      would raise. They go to os.devnull; the log file has everything.
+    """
+    import multiprocessing
+    import os
+
+    multiprocessing.freeze_support()
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle and os.path.abspath(os.getcwd()).startswith(os.path.abspath(os.path.dirname(sys.executable))):
+        os.chdir(os.path.expanduser("~"))
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
 
 
 if __name__ == "__main__":

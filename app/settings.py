@@ -102,3 +102,51 @@ def save(settings: Settings, path: Path | None = None) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+THEMES = ("system", "light", "dark")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def validate(settings: Settings) -> list[str]:
+    """What is wrong with these settings, one sentence a person can act on per problem ([] = fine).
+
+    Checked where a person edits them (the Settings page) rather than on load, so that a file
+    edited by hand still opens and the page can point at the field to fix."""
+    problems: list[str] = []
+    if settings.theme not in THEMES:
+        problems.append(f"Theme must be one of {', '.join(THEMES)}, not {settings.theme!r}.")
+    if settings.context_length is not None and not 128 <= settings.context_length <= 1_048_576:
+        problems.append("Default context length must be between 128 and 1,048,576 tokens, or automatic.")
+    if settings.n_threads is not None and not 1 <= settings.n_threads <= 1024:
+        problems.append("Threads must be between 1 and 1,024, or automatic.")
+    for folder in settings.model_dirs:
+        if not Path(folder).is_absolute():
+            problems.append(f"Model folder {folder!r} must be a full path.")
+    if not settings.server_host.strip():
+        problems.append("The server's host must not be empty (127.0.0.1 keeps it on this computer).")
+    if not 1 <= settings.server_port <= 65535:
+        problems.append(f"The server's port must be between 1 and 65535, not {settings.server_port}.")
+    if settings.server_host.strip() not in LOOPBACK_HOSTS and not (settings.server_api_key or "").strip():
+        problems.append(
+            f"The server listens on {settings.server_host}, which other computers can reach: set an API key, "
+            "or use 127.0.0.1 to keep it on this computer."
+        )
+    for origin in settings.server_cors_origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            problems.append(f"CORS origin {origin!r} must start with http:// or https:// (or be *).")
+    if settings.server_queue_limit < 1:
+        problems.append("The server's queue limit must be at least 1.")
+    if settings.server_max_tokens < 1:
+        problems.append("The server's maximum tokens per request must be at least 1.")
+    names: set[str] = set()
+    for endpoint in settings.remote_endpoints:
+        name, url = str(endpoint.get("name", "")).strip(), str(endpoint.get("url", "")).strip()
+        if not name:
+            problems.append("Every remote engine needs a name.")
+        elif name in names:
+            problems.append(f"Two remote engines are named {name!r}.")
+        names.add(name)
+        if not url.startswith(("http://", "https://")):
+            problems.append(f"Remote engine {name or '(unnamed)'}: the URL must start with http:// or https://.")
+    return problems

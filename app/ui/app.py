@@ -1,21 +1,24 @@
 """Start the studio: check for a display, build the window, then start the worker behind it.
 
 The window is shown before the worker starts: the worker imports llama.cpp and reads models,
-which must never delay the first frame.
+which must never delay the first frame. Logging and the crash dialog are set up first, so that
+nothing after them can fail silently.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 log = logging.getLogger(__name__)
 
 HEADLESS_PLATFORMS = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+SELF_TEST_FLAG = "--self-test"
 
 
 def display_problem() -> str | None:
@@ -34,24 +37,54 @@ def display_problem() -> str | None:
 
 
 def main(args: list[str] | None = None) -> int:
+    args = args or []
+    self_test = SELF_TEST_FLAG in args
+    if self_test and display_problem():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a check of the install works over SSH too
     problem = display_problem()
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    _setup_logging()
-    # An exception in a slot must reach the log with its traceback, not only a console nobody sees.
-    sys.excepthook = lambda kind, exc, tb: log.critical("unhandled exception in the studio", exc_info=(kind, exc, tb))
+    scratch = None
+    if self_test and not os.environ.get("HEARTH_HOME"):
+        # A check of the install must not leave a conversation in the person's history.
+        scratch = tempfile.mkdtemp(prefix="hearth-self-test-")
+        os.environ["HEARTH_HOME"] = scratch  # before anything reads a path; the worker inherits it
+    try:
+        return _run(self_test)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(self_test: bool) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app import APP_NAME
+    from app import APP_NAME, settings
+    from app.paths import paths
+    from app.ui import resources, theme
     from app.ui.bridge import RuntimeBridge
+    from app.ui.crash import CrashReporter, setup_logging
     from app.ui.main_window import MainWindow
 
+    log_file = setup_logging(paths().logs)
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName(APP_NAME)
+    app.setDesktopFileName("hearth")  # matches hearth.desktop: Wayland and docks group the window under it
+    reporter = CrashReporter(log_file, app)
+    reporter.install()
+    saved = settings.load()
+    app.setWindowIcon(resources.app_icon())
+    theme.apply(app, saved.theme)
     bridge = RuntimeBridge()
-    window = MainWindow(bridge)
+    window = MainWindow(bridge, first_run=not saved.first_run_done and not self_test)
+    window.settings_page.sig_theme_changed.connect(lambda name: theme.apply(app, name))
+    log.info("Hearth starting; log file %s, data in %s", log_file, paths().data)
+    if self_test:
+        from app.ui.selftest import SelfTest
+
+        SelfTest(app, window)
     if os.environ.get("HEARTH_STARTUP_PROBE"):
         # Start-up timing for `hearth bench`: report the first shown window, then quit.
         def report() -> None:
@@ -62,19 +95,9 @@ def main(args: list[str] | None = None) -> int:
     else:
         QTimer.singleShot(0, bridge.start)
     window.show()
-    code = app.exec()
-    bridge.close()
-    return int(code)
-
-
-def _setup_logging() -> None:
-    from app.paths import paths
-
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:
-        folder = paths().logs
-        folder.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(folder / "studio.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"))
-    except OSError as exc:
-        print(f"hearth: cannot write the log file: {exc}", file=sys.stderr)
-    logging.basicConfig(level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s", handlers=handlers)
+        code = app.exec()
+    finally:
+        bridge.close()
+        reporter.uninstall()
+    return int(code)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, TypeVar
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QMouseEvent, QShowEvent
@@ -11,11 +11,15 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QMe
 
 from app import APP_NAME
 from app.runtime.protocol import Method
+from app.ui import resources
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat.page import ChatPage
 from app.ui.models.page import ModelsPage
+from app.ui.settings.page import SettingsPage
+from app.ui.welcome.page import WelcomePage
 
 MEMORY_POLL_MS = 2000
+PageT = TypeVar("PageT", bound=QWidget)
 
 
 class PlanLabel(QLabel):
@@ -50,26 +54,33 @@ class PlanLabel(QLabel):
 class MainWindow(QMainWindow):
     sig_shown = Signal()  # the first time the window is shown (start-up timing)
 
-    def __init__(self, bridge: RuntimeBridge) -> None:
+    def __init__(self, bridge: RuntimeBridge, *, first_run: bool = False) -> None:
+        """`first_run` opens on the welcome page (app.py passes ``not settings.first_run_done``)."""
         super().__init__()
         self.setWindowTitle(APP_NAME)
+        self.setWindowIcon(resources.app_icon())
         self.resize(1100, 720)
         self._bridge = bridge
         self._status_request: str | None = None
         self._load_request: str | None = None
         self._shown = False
 
-        self.chat_page = ChatPage(bridge, self)
-        self.models_page = ModelsPage(bridge, self)
         self.pages = QStackedWidget(self)
         self.sidebar = QListWidget(self)
+        self.sidebar.setObjectName("sidebar")
         self.sidebar.setFixedWidth(150)
         self.sidebar.setAccessibleName("Pages")
-        for title, page in (("Chat", self.chat_page), ("Models", self.models_page)):
-            self.sidebar.addItem(title)
-            self.pages.addWidget(page)
-        self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self._sidebar_pages: list[QWidget] = []
+        # The sidebar, top to bottom: one line per page (its widget takes the bridge and a parent).
+        self.chat_page = self.add_page("Chat", ChatPage(bridge, self), icon="chat")
+        self.models_page = self.add_page("Models", ModelsPage(bridge, self), icon="models")
+        self.settings_page = self.add_page("Settings", SettingsPage(self), icon="settings")
+        self.welcome_page = WelcomePage(bridge, self)  # not in the sidebar: first run only
+        self.pages.addWidget(self.welcome_page)
+        self.sidebar.currentRowChanged.connect(self._on_sidebar_row)
         self.sidebar.setCurrentRow(0)
+        if first_run:
+            self.show_welcome()
         central = QWidget(self)
         layout = QHBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -99,14 +110,62 @@ class MainWindow(QMainWindow):
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
         self.models_page.sig_load_requested.connect(self.load_model)
+        self.welcome_page.sig_start_chat.connect(self._start_chatting)
+        self.welcome_page.sig_download.connect(self.show_download)
         self.models_page.sig_models_changed.connect(self.chat_page.set_models)
         self.chat_page.sig_status_changed.connect(self.refresh_status)
         self._memory_timer = QTimer(self)
         self._memory_timer.timeout.connect(self._update_memory)
         self._memory_timer.start(MEMORY_POLL_MS)
 
+    @property
+    def bridge(self) -> RuntimeBridge:
+        return self._bridge
+
+    def add_page(self, title: str, page: PageT, *, icon: str | None = None) -> PageT:
+        """Add a page to the sidebar, below the last one added; returns the page. The stack keeps
+        sidebar pages first, in sidebar order, so row N of the sidebar is index N of the stack."""
+        row = len(self._sidebar_pages)
+        self.sidebar.insertItem(row, title)
+        if icon:
+            item = self.sidebar.item(row)
+            item.setIcon(resources.icon(icon))
+        self.pages.insertWidget(row, page)
+        self._sidebar_pages.append(page)
+        return page
+
+    def show_page(self, page: QWidget) -> None:
+        """Show a sidebar page (and select it) or a page outside the sidebar (the welcome)."""
+        if page in self._sidebar_pages:
+            self.sidebar.setCurrentRow(self._sidebar_pages.index(page))
+        else:
+            self.sidebar.blockSignals(True)
+            self.sidebar.setCurrentRow(-1)
+            self.sidebar.blockSignals(False)
+        self.pages.setCurrentWidget(page)
+
+    def show_welcome(self) -> None:
+        self.show_page(self.welcome_page)
+        self._focus_welcome()
+
+    def _focus_welcome(self) -> None:
+        """Focus on the sidebar would make its first row current (Qt does that on focus-in) and
+        leave the welcome for the chat before anyone has read it; the start button takes it."""
+        if self.pages.currentWidget() is self.welcome_page:
+            self.welcome_page.start_button.setFocus()
+
+    def show_download(self) -> None:
+        """The Models page's Download tab: where a bigger model comes from."""
+        self.show_page(self.models_page)
+        self.models_page.tabs.setCurrentWidget(self.models_page.hub_panel)
+
+    def _on_sidebar_row(self, row: int) -> None:
+        if 0 <= row < len(self._sidebar_pages):
+            self.pages.setCurrentWidget(self._sidebar_pages[row])
+
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
+        self._focus_welcome()  # children are visible now, so the focus request holds
         if not self._shown:
             self._shown = True
             self.sig_shown.emit()
@@ -116,6 +175,10 @@ class MainWindow(QMainWindow):
         self.sidebar.setCurrentRow(0)
         self.model_label.setText(f"Loading {model_id}…")
         self._load_request = self._bridge.request(Method.ENGINE_LOAD, {"model": model_id})
+
+    def _start_chatting(self) -> None:
+        self.show_page(self.chat_page)
+        self.chat_page.input.setFocus()
 
     def refresh_status(self) -> None:
         self._status_request = self._bridge.request(Method.ENGINE_STATUS)
