@@ -102,13 +102,16 @@ def _apple_gpu(ram_total: int) -> tuple[Gpu, ...]:
 
 
 BANDWIDTH_PROBE_BYTES = 256 * 2**20
+BUSY_LOAD_PER_CORE = 1.0  # above this one-minute load average per core, a probe is not trusted for later
 
 
 def ram_bandwidth(cpu_name: str, ram_total: int) -> int | None:
     """RAM copy bandwidth in bytes/s (read + write), measured once per machine and cached.
 
     A 256 MiB copy, best of three: about a tenth of a second. The planner turns it into an
-    effective decode bandwidth; its own calibration refines that with a real decode.
+    effective decode bandwidth; its own calibration refines that with a real decode. A probe taken
+    while other programs keep the cores busy can read ten times low, and every later plan would
+    inherit that: such a result serves this process only and is not cached.
     """
     from app.paths import paths
 
@@ -132,6 +135,10 @@ def ram_bandwidth(cpu_name: str, ram_total: int) -> int | None:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - started)
     measured = int(2 * BANDWIDTH_PROBE_BYTES / best)
+    load_per_core = os.getloadavg()[0] / max(1, os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
+    if load_per_core > BUSY_LOAD_PER_CORE:
+        log.info("bandwidth probe taken under load (%.1f per core): %.1f GB/s, not cached", load_per_core, measured / 1e9)
+        return measured
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "bytes_per_s": measured}), encoding="utf-8")

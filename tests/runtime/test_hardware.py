@@ -46,3 +46,16 @@ def test_a_broken_driver_means_no_gpu_not_a_crash(tmp_path: Path, monkeypatch: p
 def test_without_an_nvidia_driver_nvml_reports_no_gpu() -> None:
     # This machine has no NVIDIA driver: NVML must say "no GPU", not raise.
     assert hardware._nvml_gpus() == ()
+
+
+def test_a_bandwidth_probe_taken_on_a_busy_machine_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_HOME", str(tmp_path))
+    cache = tmp_path / "cache" / "ram-bandwidth.json"
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * cores, 0.0, 0.0))
+    assert hardware.ram_bandwidth("busy-cpu", 1) > 0
+    assert not cache.exists()  # the next process measures again
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    measured = hardware.ram_bandwidth("busy-cpu", 1)
+    assert json.loads(cache.read_text())["bytes_per_s"] == measured
+    assert hardware.ram_bandwidth("busy-cpu", 1) == measured  # now read back, not measured again
