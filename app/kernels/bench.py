@@ -8,7 +8,15 @@ For each (out, in) shape it times, on whatever device is present:
 * ``torch_int8pack_mm`` / ``torch_int4pack_mm``: torch's own weight-only kernels
   (``aten._weight_int8pack_mm``; ``aten._weight_int4pack_mm``, the tinygemm kernel, on CUDA and
   ``_weight_int4pack_mm_for_cpu`` on the CPU), fed the same quantized weights;
-* ``triton``: Hearth's Triton kernel, on a GPU only (interpreter timings would mean nothing).
+* ``triton``: Hearth's Triton kernel, on a GPU only (interpreter timings would mean nothing);
+* ``dispatched``: the public ``linear()`` as the dispatcher routes it for this device and dtype,
+  with the implementation it picked (on the CPU: torch's int8/int4 kernels for bf16, the
+  reference for fp32).
+
+:func:`decode_tokens_per_s` times a plain greedy decode loop of any causal LM that takes
+``input_ids``/``past_key_values`` (a transformers model); the end-to-end comparison of fp32 and the
+quantized schemes lives with the quantizer (app.runtime.quantize.torch_quant), which this package
+may not import.
 
 Each timing gives the median microseconds per call and the effective bandwidth: the bytes a fused
 kernel must read (quantized weight, scales, zero points and x) divided by the time, so that a slow
@@ -171,6 +179,11 @@ def _bench_shape(
             block[torch_name] = _error(exc)
         else:
             block[torch_name] = measure(alternative)
+        public = dispatch.resolve(op, dev, x.dtype)
+        block["dispatched"] = {
+            "implementation": f"{public.__module__}:{public.__name__}",
+            **measure(lambda f=public, q=qw: f(x, q)),
+        }
         if triton_skip is None:
             kernel = dispatch.resolve(op, dev)
             block["triton"] = measure(lambda f=kernel, q=qw: f(x, q))
@@ -215,10 +228,44 @@ def run_kernel_bench(
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "kernel_path": dispatch.choice().path,
+        "dispatch": dispatch.describe(),
         "shapes": results,
     }
 
 
+def decode_tokens_per_s(
+    model: torch.nn.Module, prompt_ids: torch.Tensor, *, tokens: int, cache_factory: Callable[[], Any] | None = None
+) -> tuple[float, list[int]]:
+    """Greedy decode of ``tokens`` tokens after ``prompt_ids`` [1, T]: (tokens/s of decode, ids).
+
+    The prompt's prefill is not timed; each step feeds one token and the cache back in.
+    """
+    with torch.inference_mode():
+        cache = cache_factory() if cache_factory is not None else None
+        out = model(input_ids=prompt_ids, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        next_id = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
+        ids = [int(next_id)]
+        _sync(prompt_ids.device)
+        start = time.perf_counter()
+        for _ in range(tokens - 1):
+            out = model(input_ids=next_id, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            next_id = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            ids.append(int(next_id))
+        _sync(prompt_ids.device)
+        elapsed = time.perf_counter() - start
+    return (tokens - 1) / elapsed, ids
+
+
 def run_from_args(args: object) -> dict[str, Any]:
-    """`hearth bench kernels`: every linear path at SmolLM2's shapes on the default device."""
-    return run_kernel_bench()
+    """Every linear path at SmolLM2's shapes on the default device (fp32 and, on the CPU, bf16).
+
+    `hearth bench kernels` runs app.runtime.quantize.torch_quant:bench_from_args, which adds the
+    end-to-end decode comparison and saves the result for the planner.
+    """
+    dtypes: list[torch.dtype | None] = [None]  # the device's default: bf16 on a GPU, fp32 on the CPU
+    if not torch.cuda.is_available():
+        dtypes.append(torch.bfloat16)  # torch's CPU int8/int4 kernels are vectorized for bf16
+    runs = [run_kernel_bench(dtype=dt) for dt in dtypes]
+    return {run["dtype"]: run for run in runs}

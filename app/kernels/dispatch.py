@@ -6,7 +6,11 @@ mismatch); otherwise the torch reference. Tensors on the CPU always take the ref
 was chosen. Nothing here imports triton unless a GPU is present (or the override below asks for
 it), so a CPU machine never pays for, or breaks on, Triton.
 
-``HEARTH_KERNELS`` overrides the choice: ``torch`` forces the reference; ``triton`` forces Triton
+CPU tensors in bf16 take torch's own vectorized weight-only matmuls where an op declares one
+(``cpu_half``; :mod:`app.kernels.quant_linear.cpu`), after a one-time probe that they run and agree
+with the reference; fp32 CPU tensors keep the reference, which is exact and, for fp32, faster.
+
+``HEARTH_KERNELS`` overrides the choice: ``torch`` forces the reference (for CPU half-precision inputs too); ``triton`` forces Triton
 where it can run — with ``TRITON_INTERPRET=1`` that includes CPU tensors, run by Triton's
 interpreter, which is how the tests drive the public functions through the Triton kernels.
 
@@ -41,6 +45,7 @@ class OpSpec:
     reference: str  # "module:function", relative to app.kernels
     triton: str | None
     note: str
+    cpu_half: str | None = None  # torch's own CPU kernel for bf16 inputs, if any
 
 
 OPS: dict[str, OpSpec] = {
@@ -51,13 +56,16 @@ OPS: dict[str, OpSpec] = {
             "quant_linear.reference:linear_int8",
             "quant_linear.triton:linear_int8",
             "int8 per-channel weight-only linear; Triton: fused GEMV (M=1) and GEMM (M<=16), "
-            "dequantize + torch matmul for larger M",
+            "dequantize + torch matmul for larger M; CPU bf16: aten._weight_int8pack_mm",
+            cpu_half="quant_linear.cpu:linear_int8",
         ),
         OpSpec(
             "int4_linear",
             "quant_linear.reference:linear_int4",
             "quant_linear.triton:linear_int4",
-            "int4 group-wise weight-only linear (sym/asym); same split as int8",
+            "int4 group-wise weight-only linear (sym/asym); same split as int8; "
+            "CPU bf16: aten._weight_int4pack_mm_for_cpu",
+            cpu_half="quant_linear.cpu:linear_int4",
         ),
         OpSpec(
             "kv_decode_attention",
@@ -188,6 +196,7 @@ def _decide() -> KernelChoice:
 
 _lock = threading.Lock()
 _choice: KernelChoice | None = None
+_cpu_half: dict[torch.dtype, str | None] | None = None  # dtype -> None (usable) or why not
 
 
 def choice() -> KernelChoice:
@@ -202,9 +211,25 @@ def choice() -> KernelChoice:
 
 def reset() -> None:
     """Forget the choice so that the next call decides again (tests change the environment)."""
-    global _choice
+    global _choice, _cpu_half
     with _lock:
         _choice = None
+        _cpu_half = None
+
+
+def cpu_half_status() -> dict[torch.dtype, str | None]:
+    """Whether torch's CPU weight-only kernels run here, per half dtype (probed once, logged)."""
+    global _cpu_half
+    if choice().override == "torch":
+        reason = f"{ENV_OVERRIDE}=torch asks for the torch reference"
+        return {torch.bfloat16: reason}
+    with _lock:
+        if _cpu_half is None:
+            from .quant_linear import cpu
+
+            _cpu_half = cpu.probe()
+            logger.info("kernels: CPU half-precision paths: %s", _cpu_half)
+        return _cpu_half
 
 
 _loaded: dict[str, Callable[..., Any]] = {}
@@ -226,11 +251,20 @@ def runs_triton(device: torch.device) -> bool:
     return c.path == "triton" and (device.type == "cuda" or c.interpret)
 
 
-def resolve(name: str, device: torch.device) -> Callable[..., Any]:
-    """The implementation of op ``name`` for tensors on ``device``."""
+def resolve(
+    name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> Callable[..., Any]:
+    """The implementation of op ``name`` for tensors on ``device`` (activations in ``dtype``)."""
     spec = OPS[name]
     if spec.triton is not None and runs_triton(device):
         return _load(spec.triton)
+    if (
+        spec.cpu_half is not None
+        and device.type == "cpu"
+        and dtype is not None
+        and cpu_half_status().get(dtype, "not a half dtype") is None
+    ):
+        return _load(spec.cpu_half)
     return _load(spec.reference)
 
 
@@ -245,6 +279,14 @@ def describe() -> dict[str, Any]:
             "implementation": f"app.kernels.{spec.triton if on_triton else spec.reference}",
             "note": spec.note,
         }
+        if spec.cpu_half is not None:
+            half = cpu_half_status()
+            ops[spec.name]["cpu_half"] = {
+                str(dt).removeprefix("torch."): (
+                    f"app.kernels.{spec.cpu_half}" if why is None else f"reference ({why})"
+                )
+                for dt, why in half.items()
+            }
     return {
         "path": c.path,
         "reason": c.reason,

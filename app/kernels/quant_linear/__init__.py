@@ -1,7 +1,8 @@
 """Weight-only quantized linear layers: make the quantized state once, then run ``linear``.
 
 qw = quantize_int4(layer.weight, group_size=64, symmetric=False)
-y = linear(x, qw, layer.bias)   # Triton on a GPU, the torch reference elsewhere
+y = linear(x, qw, layer.bias)   # Triton on a GPU; on the CPU torch's own int8/int4 matmuls for
+                                # bf16 x, the torch reference for fp32 x
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def linear(
     weight_device = qweight.scale.device
     if x.device != weight_device:
         raise ValueError(f"x is on {x.device} but the quantized weight is on {weight_device}")
-    return dispatch.resolve(op, x.device)(x, qweight, bias)
+    return dispatch.resolve(op, x.device, x.dtype)(x, qweight, bias)
 
 
 def dequantize(qweight: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
