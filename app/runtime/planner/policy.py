@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo
@@ -35,11 +36,17 @@ def plan(
     *,
     shape: ModelShape | None = None,
     calibration: Calibration = DEFAULT_CALIBRATION,
+    torch_prefs: Any = None,
+    **torch_measured: Any,
 ) -> Plan:
     """Choose how to run ``model`` on ``hw``. ``shape``: the exact shape from ``read_shape`` when
-    the file is at hand (else estimated from ``model``). Raises RuntimeFailure when it cannot run."""
+    the file is at hand (else estimated from ``model``); ``torch_prefs``: the torch backend's own
+    preferences (`torch_plan.TorchPrefs`), ``torch_measured`` its measured inputs when given
+    (``dtype_speed``, ``quant_speedup``; else read from this machine). Raises RuntimeFailure when it cannot run."""
     prefs = prefs or UserPrefs()
     backend = choose_backend(model, prefs)
+    if backend.value == "torch":
+        return plan_torch(model, hw, prefs, backend=backend, torch_prefs=torch_prefs, **torch_measured)
     return BACKEND_PLANNERS[backend.value](model, hw, prefs, backend=backend, shape=shape, calibration=calibration)
 
 
@@ -53,15 +60,13 @@ def choose_backend(model: ModelInfo, prefs: UserPrefs) -> Choice:
     return Choice("torch", f"A {model.format} model (a transformers folder) runs in the torch backend.")
 
 
-def plan_torch(model: ModelInfo, hw: Hardware, prefs: UserPrefs, **_: object) -> Plan:
-    """Hook for the torch backend: an accelerate ``device_map`` with ``max_memory`` per device
-    from the same budgets (``layout.Budgets``), weight-only quantization from VRAM, and a KV policy
-    from ``app.runtime.kv``. Not written yet; refusing is better than a made-up plan."""
-    raise RuntimeFailure(
-        ErrorKind.UNSUPPORTED,
-        f"Hearth cannot plan {model.name} for the torch backend yet. Use a GGUF version of the model "
-        f"(llama.cpp), which Hearth plans fully.",
-    )
+def plan_torch(model: ModelInfo, hw: Hardware, prefs: UserPrefs, **kwargs: Any) -> Plan:
+    """The torch backend's plan (dtype, accelerate device map, weight quantization, KV policy): `torch_plan`."""
+    from app.runtime.planner import torch_plan
+
+    kwargs.pop("shape", None)
+    kwargs.pop("calibration", None)
+    return torch_plan.plan_torch(model, hw, prefs, **kwargs)
 
 
 def plan_llama_cpp(
@@ -237,6 +242,10 @@ def choose_mlock(prefs: UserPrefs) -> Choice:
 
 def summary(p: Plan) -> str:
     """One line for the status bar: "Q4_K_M · 28/32 layers on GPU · 8k ctx · q8 KV · ~21 tok/s"."""
+    if p.backend.value == "torch":
+        from app.runtime.planner import torch_plan
+
+        return torch_plan.summary(p)
     layers = p.gpu_layers.value
     n = layers["n_layers"]
     if layers["n_gpu_layers"] == 0:

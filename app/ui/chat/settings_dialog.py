@@ -1,5 +1,6 @@
 """The settings dialog: per conversation, a system-prompt preset, the generation settings and the
-context policy; app-wide, whether to unload the model when the chat is idle."""
+context policy; per model, which backend runs it (saved in the app settings' ``model_backends``,
+which the worker reads for every load); app-wide, whether to unload the model when the chat is idle."""
 
 from __future__ import annotations
 
@@ -20,13 +21,25 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app import settings as app_settings
 from app.runtime.protocol import Sampling
 from app.ui.chat import generation
 
+BACKEND_KEY = "backend"  # also kept in the conversation's settings blob
+BACKEND_LABELS: dict[str, str] = {
+    "auto": "Automatic (GGUF in llama.cpp, Hugging Face folders in torch)",
+    "llama.cpp": "llama.cpp",
+    "torch": "torch (transformers; a GGUF is dequantized)",
+}
+
 
 class SettingsDialog(QDialog):
-    def __init__(self, *, system_prompt: str, settings: dict[str, Any], parent: QWidget | None = None) -> None:
+    def __init__(self, *, system_prompt: str, settings: dict[str, Any], parent: QWidget | None = None, model_id: str | None = None) -> None:
         super().__init__(parent)
+        saved = app_settings.load()
+        # the conversation's model: given, else the chat page's (the parent), else the person's default;
+        # None (the embedded default model): the choice is saved as the default backend
+        self.model_id: str | None = model_id or getattr(parent, "model", None) or saved.default_model
         self.setWindowTitle("Chat settings")
         self._settings = dict(settings)
         sampling = generation.sampling_from(settings)
@@ -72,6 +85,13 @@ class SettingsDialog(QDialog):
             self.policy.addItem(label, policy)
         self.policy.setCurrentIndex(self.policy.findData(generation.context_policy_from(settings)))
         self.policy.setToolTip("What happens when the conversation no longer fits in the model's memory")
+        self.backend = QComboBox(self)
+        for backend, label in BACKEND_LABELS.items():
+            self.backend.addItem(label, backend)
+        chosen = saved.model_backends.get(self.model_id) if self.model_id else saved.default_backend
+        chosen = chosen or "auto"
+        self.backend.setCurrentIndex(max(self.backend.findData(chosen), 0))
+        self.backend.setToolTip("Which engine runs this model; the next message reloads it when this changes")
         self.idle = QComboBox(self)
         for minutes in generation.IDLE_CHOICES:
             self.idle.addItem(f"After {minutes} minutes without a request" if minutes else "Never", minutes)
@@ -88,6 +108,7 @@ class SettingsDialog(QDialog):
                            ("Min p", self.min_p), ("Repeat penalty", self.repeat_penalty),
                            ("Max reply tokens", self.max_tokens), ("Seed", self.seed), ("Stop strings", self.stop),
                            ("Context length", self.context), ("When the context is full", self.policy),
+                           ("Backend for this model", self.backend),
                            ("Unload the model", self.idle)):
             form.addRow(label, box)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
@@ -104,8 +125,29 @@ class SettingsDialog(QDialog):
             temperature=self.temperature.value(), top_p=self.top_p.value(), top_k=self.top_k.value(),
             min_p=self.min_p.value(), repeat_penalty=self.repeat_penalty.value(), max_tokens=self.max_tokens.value(),
             seed=None if self.seed.value() < 0 else self.seed.value(), stop=stop)
-        return generation.settings_blob(sampling, self.context.value(), base=self._settings,
+        blob = generation.settings_blob(sampling, self.context.value(), base=self._settings,
                                         context_policy=str(self.policy.currentData()))
+        blob[BACKEND_KEY] = self.backend_choice()
+        return blob
+
+    def backend_choice(self) -> str:
+        return str(self.backend.currentData())
+
+    def accept(self) -> None:
+        """Save the model's backend choice in the app settings (absent = automatic), then close."""
+        saved = app_settings.load()
+        choice = self.backend_choice()
+        if self.model_id is None:
+            if saved.default_backend != choice:
+                saved.default_backend = choice
+                app_settings.save(saved)
+        elif saved.model_backends.get(self.model_id, "auto") != choice:
+            if choice == "auto":
+                saved.model_backends.pop(self.model_id, None)
+            else:
+                saved.model_backends[self.model_id] = choice
+            app_settings.save(saved)
+        super().accept()
 
     def idle_minutes(self) -> int:
         """The app-wide idle-unload choice (0 = never); not part of the conversation's settings."""

@@ -202,11 +202,10 @@ def test_a_model_that_cannot_run_is_refused_with_the_reason(models):
     assert "GTX 1650" in err.value.message and "safety margin" in err.value.message
 
 
-def test_torch_models_are_refused_until_their_planner_exists(smollm2):
-    folder = dataclasses.replace(smollm2, format="safetensors")
-    with pytest.raises(RuntimeFailure) as err:
-        plan(folder, load_profile("rtx4090-24gb"))
-    assert err.value.kind is ErrorKind.UNSUPPORTED and "GGUF" in err.value.message
+def test_a_hugging_face_folder_plans_for_torch_and_llama_cpp_refuses_it(smollm2):
+    folder = dataclasses.replace(smollm2, format="hf")
+    made = plan(folder, load_profile("rtx4090-24gb"))
+    assert made.backend.value == "torch" and made.backend.reason
     with pytest.raises(RuntimeFailure, match="llama.cpp runs GGUF"):
         plan(folder, load_profile("rtx4090-24gb"), UserPrefs(backend="llama.cpp"))
 

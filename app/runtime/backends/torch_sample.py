@@ -1,0 +1,123 @@
+"""Sampling and streaming text for the torch backend, with llama.cpp's meaning of each setting.
+
+Sampling follows llama.cpp's default chain, so a conversation's settings mean the same in both
+backends: repeat penalty over the last 64 tokens, top-k, top-p, min-p, temperature, then a draw
+from a seeded generator (temperature 0 is greedy). Text comes out incrementally: a token can end
+in the middle of a UTF-8 character (byte-level BPE) or change how the previous token reads, so the
+new text is the difference of two decodes of a short window, held back while it ends in a
+replacement character; stop strings are held back while they might still be starting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.runtime.protocol import Sampling
+
+PENALTY_LAST_N = 64  # llama.cpp's default penalty window
+
+
+class Sampler:
+    def __init__(self, sampling: Sampling, *, device: Any) -> None:
+        import torch
+
+        self.s = sampling
+        self.generator = torch.Generator(device=device)
+        seed = sampling.seed if sampling.seed is not None else int(torch.seed() & 0x7FFFFFFF)
+        self.generator.manual_seed(seed)
+
+    def __call__(self, logits: Any, history: Sequence[int]) -> int:
+        """The next token from ``logits`` ([vocab], any dtype) given the tokens so far."""
+        import torch
+
+        s = self.s
+        logits = logits.float()
+        if s.repeat_penalty != 1.0 and history:
+            recent = torch.tensor(sorted(set(history[-PENALTY_LAST_N:])), device=logits.device)
+            picked = logits[recent]
+            logits[recent] = torch.where(picked > 0, picked / s.repeat_penalty, picked * s.repeat_penalty)
+        if s.temperature <= 0:
+            return int(torch.argmax(logits))
+        if 0 < s.top_k < logits.numel():
+            values, indices = torch.topk(logits, s.top_k)
+        else:
+            values, indices = torch.sort(logits, descending=True)
+        probs = torch.softmax(values, dim=-1)  # sorted, highest first
+        keep = values.numel()
+        if s.top_p < 1.0:
+            # the smallest head whose mass reaches top_p (at least one token)
+            keep = min(keep, int(torch.searchsorted(torch.cumsum(probs, -1), torch.tensor(s.top_p, device=probs.device))) + 1)
+        if s.min_p > 0:
+            keep = min(keep, max(1, int((probs >= s.min_p * probs[0]).sum())))
+        values, indices = values[:keep], indices[:keep]
+        probs = torch.softmax(values / s.temperature, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        return int(indices[choice])
+
+
+class IncrementalText:
+    """Token ids in, new text out: never half a character, and stable under merges."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # where the window that is decoded again starts
+        self._read = 0  # ids whose text was already emitted
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self._prefix : self._read])
+        now = self._decode(self.ids[self._prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return now[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held at the end (a last incomplete character stays a replacement)."""
+        before = self._decode(self.ids[self._prefix : self._read])
+        now = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return now[len(before) :]
+
+
+class StopText:
+    """Text pieces in, what is safe to show out: stop strings are cut and never shown."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stop = [s for s in stop if s]
+        self._pending = ""
+        self.text = ""  # everything emitted
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """The text safe to show now, and whether a stop string was reached."""
+        self._pending += piece
+        hits = [(at, stop) for stop in self._stop if (at := self._pending.find(stop)) != -1]
+        if hits:
+            at = min(hits)[0]
+            out, self._pending = self._pending[:at], ""
+            self.text += out
+            return out, True
+        hold = max((_overlap(self._pending, s) for s in self._stop), default=0)
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(out) :]
+        self.text += out
+        return out, False
+
+    def flush(self, stopped: bool) -> str:
+        tail = "" if stopped else self._pending
+        self._pending = ""
+        self.text += tail
+        return tail
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that is a start of ``stop``."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
