@@ -1,0 +1,1 @@
+"""The one-click wizards: quantize (``wizards.quantize``) and fine-tune."""

@@ -1,0 +1,361 @@
+"""The four pages of the quantize wizard: pick a model, pick targets, run, compare the results.
+
+Each page talks to the worker only through the bridge and keeps the id of its own request; the
+answers to other requests are ignored. The wizard (``wizard.py``) holds what the pages share.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QTableView,
+    QVBoxLayout,
+    QWizardPage,
+)
+
+from app.runtime.protocol import Method
+from app.ui.models.hub_models import fmt_bytes, fmt_eta
+from app.ui.widgets.charts import BarChart
+from app.ui.wizards.quantize.tables import LibraryModel, ResultsModel, result_rows
+
+if TYPE_CHECKING:
+    from app.ui.wizards.quantize.wizard import QuantizeWizard
+
+
+class _Page(QWizardPage):
+    _listening = False
+
+    def wiz(self) -> QuantizeWizard:
+        return self.wizard()  # type: ignore[return-value]
+
+    def listen(self, *, progress: bool = False) -> None:
+        """Connect to the bridge once (a page is initialized again after Back)."""
+        if self._listening:
+            return
+        self._listening = True
+        bridge = self.wiz().bridge
+        bridge.sig_finished.connect(self._on_finished)
+        bridge.sig_failed.connect(self._on_failed)
+        if progress:
+            bridge.sig_progress.connect(self._on_progress)
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None: ...
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None: ...
+
+    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None: ...
+
+
+class PickModelPage(_Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Pick a model")
+        self.setSubTitle("Which model from your library should get smaller?")
+        self.table = QTableView(self)
+        self.models = LibraryModel(self)
+        self.table.setModel(self.models)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().hide()
+        self.status = QLabel("Loading the library…", self)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        layout.addWidget(self.status)
+        self._request: str | None = None
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self.completeChanged.emit())
+
+    def initializePage(self) -> None:
+        self.listen()
+        self._request = self.wiz().bridge.request(Method.MODELS_LIST, {})
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        self.models.set_rows(result.get("models", []))
+        self.status.setText(f"{self.models.rowCount()} model(s) in the library.")
+        preferred = self.wiz().preselect
+        for i, row in enumerate(self.models.rows()):
+            if preferred and preferred in (row.get("id"), row.get("path")):
+                self.table.selectRow(i)
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id == self._request:
+            self.status.setText(f"The library could not be read: {message}")
+
+    def select_model(self, model_id: str) -> bool:
+        for i, row in enumerate(self.models.rows()):
+            if model_id in (row.get("id"), row.get("path")):
+                self.table.selectRow(i)
+                return True
+        return False
+
+    def chosen(self) -> dict[str, Any] | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.models.row(rows[0].row()) if rows else None
+
+    def isComplete(self) -> bool:
+        return self.chosen() is not None
+
+    def validatePage(self) -> bool:
+        self.wiz().model = self.chosen()
+        return self.wiz().model is not None
+
+
+class TargetsPage(_Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Pick the size")
+        self.setSubTitle("Let Hearth pick what suits this computer, or choose several to compare.")
+        self.recommended = QRadioButton("Recommended for this computer", self)
+        self.recommended.setChecked(True)
+        self.several = QRadioButton("Choose several to compare", self)
+        group = QButtonGroup(self)
+        group.addButton(self.recommended)
+        group.addButton(self.several)
+        self.reason = QLabel("Asking the planner…", self)
+        self.reason.setWordWrap(True)
+        self.list = QListWidget(self)
+        self.list.setEnabled(False)
+        self.evaluate = QCheckBox("Measure quality and speed against the original (perplexity, KL divergence, tokens/s)", self)
+        self.evaluate.setChecked(True)
+        self.warnings = QLabel("", self)
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #b05a00")
+        layout = QVBoxLayout(self)
+        for w in (self.recommended, self.reason, self.several, self.list, self.evaluate, self.warnings):
+            layout.addWidget(w)
+        self._request: str | None = None
+        self._listing: dict[str, Any] | None = None
+        self.several.toggled.connect(self.list.setEnabled)
+        self.several.toggled.connect(lambda *_: self.completeChanged.emit())
+        self.list.itemChanged.connect(lambda *_: self.completeChanged.emit())
+
+    def initializePage(self) -> None:
+        wiz = self.wiz()
+        self._listing = None
+        self.list.clear()
+        self.reason.setText("Asking the planner…")
+        self.listen()
+        assert wiz.model is not None
+        self._request = wiz.bridge.request(Method.QUANTIZE_TARGETS, {"model": wiz.model["path"]})
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        self._listing = result
+        rec = result.get("recommended")
+        if rec:
+            self.recommended.setText(f"Recommended for this computer: {rec['name']} (about {fmt_bytes(rec['expected_size'])})")
+            self.reason.setText(str(result.get("recommended_reason", "")))
+        else:
+            self.recommended.setEnabled(False)
+            self.several.setChecked(True)
+            self.reason.setText(str(result.get("recommended_reason") or "The planner has no recommendation for this model."))
+        rows = sorted(result.get("targets", []), key=lambda t: (not t.get("common"), t["kind"] != "gguf"))
+        for t in rows:
+            text = f"{t['name']} — about {fmt_bytes(t['expected_size'])} — {t['description']}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, t["name"])
+            flags = item.flags() | Qt.ItemFlag.ItemIsUserCheckable
+            if t.get("needs_imatrix"):
+                flags &= ~Qt.ItemFlag.ItemIsEnabled
+                item.setToolTip("Needs an importance matrix (use `hearth quantize --imatrix`).")
+            item.setFlags(flags)
+            item.setCheckState(Qt.CheckState.Unchecked)
+            self.list.addItem(item)
+        self.warnings.setText("\n".join(result.get("warnings", [])))
+        self.completeChanged.emit()
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id == self._request:
+            self.reason.setText(message)
+            self.recommended.setEnabled(False)
+
+    def check(self, names: list[str]) -> None:
+        """Tick these targets (and switch to choosing several)."""
+        self.several.setChecked(True)
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole) in names else Qt.CheckState.Unchecked)
+
+    def chosen(self) -> list[str]:
+        if self._listing is None:
+            return []
+        if self.recommended.isChecked():
+            rec = self._listing.get("recommended")
+            return [rec["name"]] if rec else []
+        return [
+            self.list.item(i).data(Qt.ItemDataRole.UserRole)
+            for i in range(self.list.count())
+            if self.list.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def isComplete(self) -> bool:
+        return bool(self.chosen())
+
+    def validatePage(self) -> bool:
+        self.wiz().targets = self.chosen()
+        self.wiz().evaluate = self.evaluate.isChecked()
+        return True
+
+
+class RunPage(_Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Quantizing")
+        self.setSubTitle("You can keep chatting meanwhile; Cancel removes everything this run made.")
+        self.step = QLabel("Starting…", self)
+        self.overall = QProgressBar(self)
+        self.current = QProgressBar(self)
+        self.detail = QLabel("", self)
+        self.detail.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.clicked.connect(self.cancel)
+        layout = QVBoxLayout(self)
+        for w in (self.step, self.overall, self.current, self.detail):
+            layout.addWidget(w)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        layout.addStretch(1)
+        self.request_id: str | None = None
+        self.done = False
+        self.error = ""
+
+    def initializePage(self) -> None:
+        wiz = self.wiz()
+        self.done, self.error = False, ""
+        self.overall.setValue(0)
+        self.current.setValue(0)
+        self.cancel_button.setEnabled(True)
+        self.listen(progress=True)
+        assert wiz.model is not None
+        params: dict[str, Any] = {"model": wiz.model["path"], "targets": list(wiz.targets), "evaluate": wiz.evaluate}
+        if wiz.eval_tokens:
+            params["eval_tokens"] = wiz.eval_tokens
+        self.request_id = wiz.bridge.request(Method.QUANTIZE_RUN, params)
+
+    def running(self) -> bool:
+        return self.request_id is not None and not self.done and not self.error
+
+    def cancel(self) -> None:
+        if self.running():
+            assert self.request_id is not None
+            self.wiz().bridge.cancel(self.request_id)
+            self.cancel_button.setEnabled(False)
+            self.detail.setText("Cancelling…")
+
+    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
+        if request_id != self.request_id:
+            return
+        step, steps = data.get("step"), data.get("steps")
+        if step and steps:
+            self.step.setText(f"Step {step} of {steps}: {data.get('step_title', '')}")
+            fraction = data.get("fraction") or 0.0
+            self.overall.setValue(int(100 * (step - 1 + (0 if data.get("stage") == "step" else fraction)) / steps))
+        if data.get("stage") != "step" and data.get("fraction") is not None:
+            self.current.setValue(int(100 * data["fraction"]))
+            eta = data.get("eta_s")
+            self.detail.setText(str(data.get("message", "")) + (f" — about {fmt_eta(eta)} left" if eta is not None else ""))
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self.request_id:
+            return
+        self.done = True
+        self.wiz().report = result
+        self.overall.setValue(100)
+        self.current.setValue(100)
+        self.step.setText(f"Done in {result.get('seconds', 0):.0f} s.")
+        self.detail.setText("")
+        self.cancel_button.setEnabled(False)
+        self.completeChanged.emit()
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id != self.request_id:
+            return
+        self.error = message
+        self.step.setText("Cancelled." if kind == "cancelled" else "The quantization failed.")
+        self.detail.setText(message)
+        self.cancel_button.setEnabled(False)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        return self.done
+
+
+METRICS = (("Size (MB)", "file_size", 1 / 2**20), ("Perplexity", "perplexity", 1.0), ("KL divergence", "kl_mean", 1.0), ("Tokens/s", "decode_tps", 1.0))
+
+
+class ResultsPage(_Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Results")
+        self.setSubTitle("Each result against the original; the highlighted one is Hearth's pick for this computer.")
+        self.table = QTableView(self)
+        self.results = ResultsModel(self)
+        self.table.setModel(self.results)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.metric = QComboBox(self)
+        for title, _, _ in METRICS:
+            self.metric.addItem(title)
+        self.metric.currentIndexChanged.connect(self._draw)
+        self.chart = BarChart(parent=self)
+        self.chart.setMinimumHeight(180)
+        self.reason = QLabel("", self)
+        self.reason.setWordWrap(True)
+        self.chat_button = QPushButton("Chat with it", self)
+        self.chat_button.clicked.connect(self._chat)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        layout.addWidget(self.metric)
+        layout.addWidget(self.chart)
+        layout.addWidget(self.reason)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.chat_button)
+        layout.addLayout(row)
+
+    def initializePage(self) -> None:
+        report = self.wiz().report or {}
+        self.results.set_rows(result_rows(report))
+        self.table.resizeColumnsToContents()
+        best = self.results.recommended_row()
+        self.table.selectRow(best if best is not None else self.results.rowCount() - 1)
+        why = report.get("recommended_reason", "")
+        self.reason.setText(("\n".join(report.get("warnings", [])) + "\n" if report.get("warnings") else "") + why)
+        self._draw()
+
+    def _draw(self) -> None:
+        title, key, scale = METRICS[max(self.metric.currentIndex(), 0)]
+        rows = [r for r in self.results.rows() if isinstance(r.get(key), (int, float))]
+        highlight = next((i for i, r in enumerate(rows) if r.get("recommended")), None)
+        self.chart.set_data([str(r["target"]) for r in rows], [r[key] * scale for r in rows], highlight=highlight, unit=title)
+
+    def selected(self) -> dict[str, Any] | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.results.row(rows[0].row()) if rows else None
+
+    def _chat(self) -> None:
+        row = self.selected()
+        if row is None or not row.get("model_id"):
+            self.reason.setText("Pick a GGUF result to chat with (torch results run in the torch backend).")
+            return
+        self.wiz().sig_load_requested.emit(str(row["model_id"]))

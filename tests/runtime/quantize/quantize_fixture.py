@@ -1,0 +1,71 @@
+"""Shared by the quantize tests (runtime, CLI and wizard); not a test module.
+
+Loaded by path (the test folders are not packages) and kept in ``sys.modules`` so that the whole
+pipeline on SmolLM2 runs once per session, whichever test needs it first; the cancel, importance
+matrix, CLI and wizard tests start from its F16 output.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+_RUN: dict[str, Any] = {}
+_LOCK = threading.Lock()
+EVAL_TOKENS = 800  # two windows of 512: enough for a stable ranking, cheap enough for every test run
+
+
+def pipeline_run(smollm2_hf: Path) -> tuple[dict[str, Any], Path, Recorder]:
+    """The whole pipeline once per session: SmolLM2's HF folder -> F16 GGUF -> Q8_0 and Q4_K_M,
+    measured against F16. Its results are read-only for the tests that share them."""
+    with _LOCK:
+        if "report" not in _RUN:
+            from app.runtime.quantize import pipeline
+
+            out = Path(tempfile.mkdtemp(prefix="hearth-quantized-"))
+            atexit.register(shutil.rmtree, out, True)  # 500 MB of models: gone with the session
+            state = Recorder()
+            report = pipeline.run(smollm2_hf, ["F16", "Q8_0", "Q4_K_M"], output_dir=out, evaluate=True, state=state, eval_tokens=EVAL_TOKENS)
+            _RUN.update(report=report, out=out, state=state)
+        return _RUN["report"], _RUN["out"], _RUN["state"]
+
+
+def f16_gguf(smollm2_hf: Path) -> Path:
+    """SmolLM2 as an F16 GGUF, the pipeline run's own F16 output (read-only: copy it before changing it)."""
+    report, _, _ = pipeline_run(smollm2_hf)
+    return Path(next(r["path"] for r in report["results"] if r["target"] == "F16"))
+
+
+class Recorder:
+    """A JobState-like object that keeps every event and can cancel itself on a condition."""
+
+    def __init__(self, cancel_when: Any = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.logs: list[str] = []
+        self._cancel_when = cancel_when
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def progress(self, stage: str, *, fraction: float | None = None, message: str = "", **extra: Any) -> None:
+        event = {"stage": stage, "fraction": fraction, "message": message, **extra}
+        self.events.append(event)
+        if self._cancel_when is not None and self._cancel_when(event):
+            self._cancelled = True
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.logs.append(message)
+
+    def token(self, text: str, **extra: Any) -> None:
+        pass
