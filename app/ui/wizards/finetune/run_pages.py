@@ -1,0 +1,198 @@
+"""The last two pages of the fine-tune wizard: training (live chart, samples, cancel) and export.
+
+Training runs in a child process of the worker; this page only draws its events. Cancel (or
+closing the wizard) kills the child; its finished checkpoints stay and "Resume" continues from
+the newest one.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QListWidget, QProgressBar, QPushButton, QVBoxLayout
+
+from app.runtime.protocol import Method
+from app.ui.models.hub_models import fmt_bytes, fmt_eta
+from app.ui.widgets.charts import LineChart
+from app.ui.wizards.finetune.pages import Page
+
+QTYPES = ("Q4_K_M", "Q5_K_M", "Q8_0", "F16")
+
+
+class TrainPage(Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Training")
+        self.setSubTitle("Watch the loss fall. Samples show what the model answers now.")
+        self.chart = LineChart("Loss", self, x_label="step", y_label="loss")
+        self.progress = QProgressBar(self)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.figures = QLabel("", self)
+        self.samples = QListWidget(self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button = QPushButton("Resume", self)
+        self.resume_button.clicked.connect(self.resume)
+        self.resume_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.resume_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.chart, 3)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.figures)
+        layout.addWidget(QLabel("Samples:", self))
+        layout.addWidget(self.samples, 1)
+        layout.addLayout(buttons)
+        self._request: str | None = None
+        self.result: dict[str, Any] | None = None
+        self.run_dir: str | None = None
+
+    def initializePage(self) -> None:
+        self.listen(progress=True)
+        if self.result is None and self._request is None:
+            self.start({"base": self.wiz().base, "data": self.wiz().data_path, "settings": self.wiz().settings, "output": self.wiz().output})
+
+    def start(self, params: dict[str, Any]) -> None:
+        self.chart.clear()
+        self.result = None
+        self.resume_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText("Starting the training process…")
+        self._request = self.wiz().bridge.request(Method.FINETUNE_TRAIN, params)
+        self.completeChanged.emit()
+
+    def resume(self) -> None:
+        if self.run_dir:
+            self.start({"resume": self.run_dir})
+
+    def cancel(self) -> None:
+        if self._request is not None and self.result is None:
+            self.wiz().bridge.cancel(self._request)
+
+    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        stage = data.get("stage")
+        if data.get("message"):
+            self.status.setText(str(data["message"]))
+        if isinstance(data.get("fraction"), (int, float)):
+            self.progress.setValue(int(100 * data["fraction"]))
+        if stage == "start":
+            self.progress.setValue(0)
+        elif stage == "step":
+            self.chart.append("training loss", data["step"], data["loss"])
+            tps = data.get("tokens_per_s")
+            self.figures.setText(f"learning rate {data['learning_rate']:.2e} · {f'{tps:.0f} tokens/s · ' if tps else ''}{fmt_eta(data.get('eta_s'))} left")
+        elif stage == "eval":
+            self.chart.append("validation loss", data["step"], data["eval_loss"])
+        elif stage == "sample":
+            self.samples.insertItem(0, f"step {data['step']}: {data['prompt']} → {data['text']}")
+        elif stage == "checkpoint":
+            self.run_dir = str(data["path"]).rsplit("/checkpoints/", 1)[0]
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        self.run_dir = result.get("run_dir") or self.run_dir
+        self.cancel_button.setEnabled(False)
+        if result.get("finish_reason") != "done":
+            self.status.setText("Cancelled." + (" Resume continues from the last checkpoint." if result.get("checkpoint") else ""))
+            self.resume_button.setEnabled(bool(result.get("checkpoint")))
+            return
+        self.result = result
+        self.wiz().train_result = result
+        self.progress.setValue(100)
+        estimate = (result.get("memory_estimate") or {}).get("total")  # for the settings as run, overrides included
+        first, last = result.get("eval_loss_first"), result.get("eval_loss")
+        loss = f" Validation loss {first:.3f} → {last:.3f}." if first is not None and last is not None else ""
+        self.status.setText(f"Done: {result['steps']} steps in {result['seconds']:.0f} s.{loss}")
+        self.figures.setText(f"Peak memory {fmt_bytes(result['peak_memory']['bytes'])} measured · {fmt_bytes(estimate)} estimated")
+        self.completeChanged.emit()
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id != self._request:
+            return
+        self.cancel_button.setEnabled(False)
+        self.status.setText(html.escape(message))
+        self.resume_button.setEnabled(self.run_dir is not None)
+
+    def isComplete(self) -> bool:
+        return self.result is not None
+
+
+class ExportPage(Page):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Export")
+        self.setSubTitle("Keep the adapter, merge it into the model, or make a GGUF for your library and chat with it.")
+        self.merged = QCheckBox("Merged model (a full Hugging Face folder)", self)
+        self.gguf = QCheckBox("GGUF in the library, quantized to", self)
+        self.gguf.setChecked(True)
+        self.qtype = QComboBox(self)
+        self.qtype.addItems(QTYPES)
+        self.qtype.setCurrentText("Q8_0")
+        row = QHBoxLayout()
+        row.addWidget(self.gguf)
+        row.addWidget(self.qtype)
+        row.addStretch(1)
+        self.export_button = QPushButton("Export", self)
+        self.export_button.clicked.connect(self.export)
+        self.progress = QProgressBar(self)
+        self.status = QLabel("The adapter is always kept in the run folder.", self)
+        self.status.setWordWrap(True)
+        self.chat_button = QPushButton("Chat with it", self)
+        self.chat_button.setEnabled(False)
+        self.chat_button.clicked.connect(self._chat)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.merged)
+        layout.addLayout(row)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.chat_button)
+        layout.addStretch(1)
+        self._request: str | None = None
+        self.model_id: str | None = None
+
+    def initializePage(self) -> None:
+        self.listen(progress=True)
+
+    def export(self) -> None:
+        result = self.wiz().train_result or {}
+        formats = ["adapter", *(["merged"] if self.merged.isChecked() else []), *(["gguf"] if self.gguf.isChecked() else [])]
+        self.export_button.setEnabled(False)
+        self.status.setText("Exporting…")
+        self._request = self.wiz().bridge.request(Method.FINETUNE_EXPORT, {"run_dir": result.get("run_dir"), "formats": formats, "qtype": self.qtype.currentText()})
+
+    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        if isinstance(data.get("fraction"), (int, float)):
+            self.progress.setValue(int(100 * data["fraction"]))
+        if data.get("message"):
+            self.status.setText(str(data["message"]))
+
+    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
+        if request_id != self._request:
+            return
+        self.wiz().export_result = result
+        self.model_id = result.get("model_id")
+        lines = [f"{k}: {v}" for k, v in result.items() if k in ("adapter", "merged", "gguf")]
+        self.status.setText("\n".join(lines))
+        self.progress.setValue(100)
+        self.export_button.setEnabled(True)
+        self.chat_button.setEnabled(self.model_id is not None)
+
+    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
+        if request_id == self._request:
+            self.status.setText(f"Export failed: {message}")
+            self.export_button.setEnabled(True)
+
+    def _chat(self) -> None:
+        if self.model_id:
+            self.wiz().sig_load_requested.emit(self.model_id)
