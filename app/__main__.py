@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         from app.runtime.planner.dryrun import child_main
 
         return child_main()
+    if args[:1] == ["--quantize-child"]:  # a frozen build has no `python -m`: children re-run this executable
+        from app.runtime.quantize.child import main as quantize_child
+
+        return quantize_child(args[1:])
+    if args[:1] == ["--finetune-child"]:
+        from app.runtime.finetune.child import main as finetune_child
+
+        return finetune_child(args[1:])
     if not args or args[0].startswith("--gui") or args[0] == "--self-test":
         from app.ui.app import main as gui_main
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with a model: one answer for a prompt, or an interactive session without one")
     chat.add_argument("prompt", nargs="?", help="the question; omit it for an interactive session (type /exit to leave)")
     chat.add_argument("--model", help="library id, name or path of a GGUF file (default: the embedded model)")
-    chat.add_argument("--backend", default="auto", help="auto or llama.cpp (default: auto)")
+    chat.add_argument("--backend", default="auto", help="auto, llama.cpp or torch (torch runs a GGUF dequantized; default: auto)")
     chat.add_argument("--system", help="a system prompt")
     chat.add_argument("--temperature", type=float, help="randomness; 0 is greedy (default 0.7)")
     chat.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
@@ -63,6 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", help="library id, name or path")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     sub.add_parser("hardware", help="print the detected hardware as JSON")
+
+    quantize = sub.add_parser("quantize", help="quantize a model (GGUF types through llama.cpp, torch int8/int4) and measure the results")
+    quantize.add_argument("model", help="library id, name, GGUF path or Hugging Face folder")
+    quantize.add_argument("--to", required=True, help="comma-separated targets, e.g. Q4_K_M,Q8_0 or int8 (`--to list` shows them all)")
+    quantize.add_argument("--eval", action="store_true", help="measure perplexity, KL divergence and speed of each result against the source")
+    quantize.add_argument("--eval-tokens", type=int, help="held-out tokens to score (default 2048)")
+    quantize.add_argument("--imatrix", help="an importance matrix file from llama-imatrix (GGUF format)")
+    quantize.add_argument("--output", help="folder for the results (default: the library's models folder)")
+    quantize.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
+    finetune = sub.add_parser("finetune", help="teach a model from your data with LoRA (settings chosen for this machine; every one can be set)")
+    _finetune_arguments(finetune)
+
+    serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API (Ctrl-C stops)")
+    serve.add_argument("--host", help="address to listen on (default from settings: 127.0.0.1); any other needs --api-key")
+    serve.add_argument("--port", type=int, help="TCP port (default from settings: 8080; 0 picks a free one)")
+    serve.add_argument("--model", help="library id, name or path to load at start (default: loaded on the first request)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default from settings; env HEARTH_API_KEY)")
+    serve.add_argument("--cors-origin", dest="cors_origins", action="append", help="allow browser requests from this origin (repeatable; default: none)")
+    serve.add_argument("--queue-limit", type=int, help="requests waiting or running before 429 (default from settings: 16)")
+    serve.add_argument("--max-tokens", type=int, help="the most tokens a request may ask for (default from settings: 4096)")
 
     bench = sub.add_parser("bench", help="measure the figures in the README and write them as JSON")
     bench.add_argument(
@@ -323,7 +344,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 BENCH_SUITES = {
     "runtime": "app.runtime.bench:run_from_args",
     "kv": "app.runtime.kv.bench:run_from_args",
-    "kernels": "app.kernels.bench:run_from_args",
+    "kernels": "app.runtime.quantize.torch_quant:bench_from_args",
 }
 
 
@@ -340,4 +361,137 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"chat": cmd_chat, "plan": cmd_plan, "models": cmd_models_dispatch, "hardware": cmd_hardware, "bench": cmd_bench}
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API server in this process (app.runtime.services.server), until Ctrl-C or SIGTERM."""
+    import os
+    import signal
+    import threading
+
+    options = {
+        "host": args.host, "port": args.port, "model": args.model, "api_key": args.api_key or os.environ.get("HEARTH_API_KEY"),
+        "cors_origins": args.cors_origins, "queue_limit": args.queue_limit, "max_tokens": args.max_tokens,
+    }
+    from app.runtime.server.config import ServerConfig
+
+    ServerConfig.from_settings(options)  # refuse a bad address or a missing key before loading anything
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    client = _client()
+    try:
+        started = client.call("server.start", options)
+        print(f"Hearth is serving at {started['url']}/v1 (OpenAI-compatible). Ctrl-C stops.", file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        client.call("server.stop")
+        return 0
+    finally:
+        client.close()
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import queue
+
+    from app.runtime.client import InProcessClient, failure_from_event
+    from app.runtime.protocol import EventKind, Method
+
+    if args.to.strip().lower() == "list":
+        from app.runtime.quantize.targets import TARGETS
+
+        for t in TARGETS.values():
+            print(f"{t.name:10} {t.kind:6} {t.description}{'  (needs --imatrix)' if t.needs_imatrix else ''}")
+        return 0
+    params = {"model": args.model, "targets": [t for t in args.to.split(",") if t.strip()], "evaluate": args.eval,
+              "output_dir": args.output, "imatrix": args.imatrix, "eval_tokens": args.eval_tokens}
+    client = InProcessClient()
+    events: queue.Queue[Any] = queue.Queue()
+    request_id = client.submit(Method.QUANTIZE_RUN, params, events.put)
+    try:
+        while True:
+            try:
+                event = events.get()
+            except KeyboardInterrupt:
+                client.cancel(request_id)  # the job removes what it made and answers "cancelled"
+                continue
+            if event.event is EventKind.PROGRESS:
+                _show_quantize_progress(event.data)
+            elif event.event is EventKind.RESULT:
+                print(file=sys.stderr)
+                _print_quantize_report(event.data, as_json=args.json)
+                return 0
+            elif event.event is EventKind.ERROR:
+                print(file=sys.stderr)
+                raise failure_from_event(event)
+    finally:
+        client.close()
+
+
+def _show_quantize_progress(data: dict[str, Any]) -> None:
+    step = f"[{data.get('step')}/{data.get('steps')}] " if data.get("step") else ""
+    eta = data.get("eta_s")
+    line = f"{step}{data.get('message', '')}" + (f"  ~{eta:.0f} s left" if isinstance(eta, (int, float)) else "")
+    print(f"\r{line[:110]:110}", end="\n" if data.get("stage") == "step" else "", file=sys.stderr, flush=True)
+
+
+def _print_quantize_report(report: dict[str, Any], *, as_json: bool) -> None:
+    from app.runtime.planner.memory import fmt_bytes
+
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    ref = report.get("reference")
+    print(f"{'TARGET':10} {'SIZE':>10} {'PPL':>9} {'Δ PPL':>8} {'KL':>8} {'TOP-1':>6} {'TOK/S':>7}  PATH")
+    if ref:
+        print(f"{'source':10} {fmt_bytes(ref['file_size']):>10} {ref['perplexity']:>9.3f} {'':>8} {'':>8} {'':>6} {ref['decode_tps']:>7.1f}  {ref['label']}")
+    for row in report["results"]:
+        mark = " *" if row.get("recommended") else ""
+
+        def num(key: str, fmt: str) -> str:
+            value = row.get(key)
+            return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+        print(f"{row['target'] + mark:10} {fmt_bytes(row['file_size']):>10} {num('perplexity', '.3f'):>9} {num('ppl_change_pct', '+.2f'):>7}% "
+              f"{num('kl_mean', '.4f'):>8} {num('top1_agreement', '.1%'):>6} {num('decode_tps', '.1f'):>7}  {row['path']}")
+    if report.get("recommended"):
+        print(f"\n* recommended for this computer: {report['recommended_reason']}")
+
+
+def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", help="base model: library id, GGUF path or Hugging Face folder (a GGUF is converted once)")
+    parser.add_argument("data", nargs="?", help="training data: .jsonl, .json or .csv (messages, instruction/output, prompt/completion or text)")
+    parser.add_argument("--output", help="the run folder (default: under Hearth's data folder)")
+    parser.add_argument("--json", action="store_true", help="print the plan or the result as JSON")
+    parser.add_argument("--plan-only", action="store_true", help="show the data report and the chosen settings, and stop")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or cancelled run from its last checkpoint")
+    parser.add_argument("--hardware", help="plan for a named hardware profile instead of this machine")
+    parser.add_argument("--eval-data", help="a separate validation file (default: a split of the data)")
+    parser.add_argument("--export", default="", help="after training: comma-separated adapter,merged,gguf")
+    parser.add_argument("--qtype", default="Q8_0", help="GGUF type for --export gguf (default Q8_0; F16 keeps 16-bit)")
+    parser.add_argument("--name", help="the exported model's name in the library")
+    for flag, kind, help_text in (
+        ("--rank", int, "LoRA rank r"), ("--alpha", int, "LoRA alpha"), ("--learning-rate", float, "peak learning rate"),
+        ("--epochs", float, "passes over the data"), ("--batch-size", int, "examples per step"),
+        ("--grad-accum", int, "steps accumulated per optimizer step"), ("--seq-length", int, "tokens per example (longer are cut)"),
+        ("--threads", int, "CPU threads"), ("--max-steps", int, "stop after this many optimizer steps"),
+        ("--save-steps", int, "checkpoint every N steps"), ("--eval-steps", int, "validation loss every N steps"),
+        ("--sample-steps", int, "a sample answer every N steps"), ("--validation-fraction", float, "share of the data held out"),
+        ("--dropout", float, "LoRA dropout"), ("--seed", int, "random seed"), ("--device", str, "cpu or cuda"),
+        ("--on-error", str, "skip or stop on bad data rows"), ("--sample-prompt", str, "the question sampled during training"),
+    ):
+        parser.add_argument(flag, type=kind, help=help_text)
+    for name, help_text in (("grad-checkpointing", "recompute activations to save memory"), ("packing", "pack short examples into full sequences"),
+                            ("quantize-4bit", "QLoRA: a 4-bit base (CUDA and bitsandbytes)"), ("prompt-loss", "train on the prompt tokens too")):
+        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from app.runtime.finetune.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"chat": cmd_chat, "plan": cmd_plan, "models": cmd_models_dispatch, "hardware": cmd_hardware, "bench": cmd_bench, "quantize": cmd_quantize, "serve": cmd_serve, "finetune": cmd_finetune}

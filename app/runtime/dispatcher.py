@@ -47,7 +47,10 @@ class MethodSpec:
 
 class Dispatcher:
     def __init__(self, emit: Emit, services: Services | None = None) -> None:
-        self._emit = emit
+        self._output = emit
+        # Requests submitted in this process with their own listener (the API server's jobs):
+        # their events go to it, not to the output.
+        self._listeners: dict[str, Emit] = {}
         self.services = services or Services()
         self._jobs: dict[str, JobState] = {}
         self._jobs_lock = threading.Lock()
@@ -61,6 +64,9 @@ class Dispatcher:
         }
         self._thread = threading.Thread(target=self._run_jobs, name="hearth-jobs", daemon=True)
         self._thread.start()
+        attach = getattr(self.services, "attach", None)  # lets the API server queue jobs here
+        if attach is not None:
+            attach(self.submit)
 
     @staticmethod
     def hello() -> Event:
@@ -75,7 +81,12 @@ class Dispatcher:
             return
         self.submit(request)
 
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Request, on_event: Emit | None = None) -> None:
+        """Run a request; ``on_event`` (in-process callers such as the API server) takes its events
+        instead of the dispatcher's output."""
+        if on_event is not None:
+            with self._jobs_lock:
+                self._listeners[request.id] = on_event
         spec = self._methods.get(request.method)
         if spec is None:
             known = ", ".join(sorted(self._methods))
@@ -105,6 +116,13 @@ class Dispatcher:
         self.services.close()
 
     # ---- internals ----------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        listener = None
+        if event.id is not None and self._listeners:
+            with self._jobs_lock:
+                listener = self._listeners.pop(event.id, None) if event.is_final else self._listeners.get(event.id)
+        (listener or self._output)(event)
 
     def _run_jobs(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -40,6 +40,16 @@ class Method(str, Enum):
     ENGINE_UNLOAD = "engine.unload"
     ENGINE_STATUS = "engine.status"
     CHAT = "chat"
+    QUANTIZE_TARGETS = "quantize.targets"
+    QUANTIZE_RUN = "quantize.run"
+    FINETUNE_PREPARE = "finetune.prepare"
+    FINETUNE_TRAIN = "finetune.train"
+    FINETUNE_EXPORT = "finetune.export"
+    SERVER_START = "server.start"
+    SERVER_STOP = "server.stop"
+    SERVER_STATUS = "server.status"
+    SERVER_LOG = "server.log"
+    SERVER_GENERATE = "server.generate"  # one API request's generation, queued with the chats
     CANCEL = "cancel"
     SHUTDOWN = "shutdown"
 
@@ -63,10 +73,12 @@ class ErrorKind(str, Enum):
     MODEL_INVALID = "model_invalid"  # truncated, corrupted or not a model
     LOAD_FAILED = "load_failed"
     OUT_OF_MEMORY = "out_of_memory"
+    DISK_FULL = "disk_full"  # not enough free space for an output; nothing half-written is left
     UNSUPPORTED = "unsupported"
     BUSY = "busy"
     CANCELLED = "cancelled"  # a queued request cancelled before it started
     WORKER_DIED = "worker_died"  # said by the client, never by the worker
+    REMOTE_FAILED = "remote_failed"  # a remote engine refused, timed out or answered nonsense
     PROTOCOL_MISMATCH = "protocol_mismatch"
     INTERNAL = "internal"
 

@@ -15,8 +15,11 @@ from app.ui import resources
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat.page import ChatPage
 from app.ui.models.page import ModelsPage
+from app.ui.server.page import ServerPage
 from app.ui.settings.page import SettingsPage
 from app.ui.welcome.page import WelcomePage
+from app.ui.wizards.finetune import FinetunePage
+from app.ui.wizards.quantize import QuantizePage
 
 MEMORY_POLL_MS = 2000
 PageT = TypeVar("PageT", bound=QWidget)
@@ -74,6 +77,9 @@ class MainWindow(QMainWindow):
         # The sidebar, top to bottom: one line per page (its widget takes the bridge and a parent).
         self.chat_page = self.add_page("Chat", ChatPage(bridge, self), icon="chat")
         self.models_page = self.add_page("Models", ModelsPage(bridge, self), icon="models")
+        self.quantize_page = self.add_page("Quantize", QuantizePage(bridge, self), icon="quantize")
+        self.finetune_page = self.add_page("Fine-tune", FinetunePage(bridge, self), icon="finetune")
+        self.server_page = self.add_page("Server", ServerPage(bridge, self), icon="server")
         self.settings_page = self.add_page("Settings", SettingsPage(self), icon="settings")
         self.welcome_page = WelcomePage(bridge, self)  # not in the sidebar: first run only
         self.pages.addWidget(self.welcome_page)
@@ -109,7 +115,8 @@ class MainWindow(QMainWindow):
         self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"decode {tps:.1f} tok/s"))
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
-        self.models_page.sig_load_requested.connect(self.load_model)
+        for page in (self.models_page, self.quantize_page, self.finetune_page):
+            page.sig_load_requested.connect(self.load_model)  # "Load" / "Chat with it"
         self.welcome_page.sig_start_chat.connect(self._start_chatting)
         self.welcome_page.sig_download.connect(self.show_download)
         self.models_page.sig_models_changed.connect(self.chat_page.set_models)

@@ -86,6 +86,12 @@ class LlamaCppBackend:
         """The model's embedded chat template as the file has it, for a person to view or copy into an override."""
         return self._templates.model_template
 
+    @property
+    def llama(self) -> Any:
+        """The `llama_cpp.Llama` itself, for the API server's raw completions and grammars
+        (app.runtime.server.generate); like everything here, for the engine thread only."""
+        return self._llm
+
     def held_tokens(self) -> list[int]:
         """The tokens whose KV the context holds now, in position order (after any shift)."""
         return self._llm.input_ids[: self._llm.n_tokens].tolist()

@@ -17,7 +17,10 @@ from app.runtime import hardware, library
 from app.runtime.jobs import JobState, Mode
 from app.runtime.protocol import Method, RuntimeFailure
 from app.runtime.services.engine import EngineService
+from app.runtime.services.finetune import FinetuneService
 from app.runtime.services.hub import HubService
+from app.runtime.services.quantize import QuantizeService
+from app.runtime.services.server import ServerService
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,9 @@ class Services:
     def __init__(self, *, warm_up: bool = True) -> None:
         self.engine = EngineService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs)
         self.hub = HubService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs, release=self._release)
+        self.server = ServerService(engine=self.engine, models=self.models)
+        self.quantize = QuantizeService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs)
+        self.finetune = FinetuneService(models=self.models, hardware=self.hardware)
         self._hardware: hardware.Hardware | None = None
         self._hardware_lock = threading.Lock()
         if warm_up:
@@ -46,7 +52,8 @@ class Services:
         from app import settings as settings_module
 
         saved = settings_module.load()
-        return {"context_length": saved.context_length, "threads": saved.n_threads}
+        return {"context_length": saved.context_length, "threads": saved.n_threads,
+                "model_backends": dict(saved.model_backends), "default_backend": saved.default_backend}
 
     def hardware(self) -> hardware.Hardware:
         with self._hardware_lock:
@@ -75,6 +82,10 @@ class Services:
             except RuntimeFailure as exc:
                 row["fit"] = {"fits": False, "summary": exc.message, "placement": ""}
             rows.append(row)
+        if params.get("remote", True):  # the API server lists local models only: two Hearths pointed at each other must not loop
+            from app.runtime.backends import remote
+
+            rows.extend(remote.library_rows())  # format "remote": models of the endpoints in the settings
         return {"models": rows}
 
     def methods(self) -> dict[str, tuple[Handler, Mode]]:
@@ -96,6 +107,19 @@ class Services:
             Method.MODELS_ADD_FOLDER.value: (self.hub.add_folder, Mode.QUICK),
             Method.MODELS_DETAILS.value: (self.hub.details, Mode.BACKGROUND),
             Method.MODELS_IMPORT.value: (self.hub.import_file, Mode.BACKGROUND),
+            # The API server: binding and stopping wait on sockets; its generations queue with the chats.
+            Method.SERVER_START.value: (self.server.start, Mode.BACKGROUND),
+            Method.SERVER_STOP.value: (self.server.stop, Mode.BACKGROUND),
+            Method.SERVER_STATUS.value: (self.server.status, Mode.QUICK),
+            Method.SERVER_LOG.value: (self.server.requests, Mode.QUICK),
+            Method.SERVER_GENERATE.value: (self.server.generate, Mode.ENGINE),
+            # Quantizing runs child processes for minutes: a job of its own, cancelled by killing them.
+            Method.QUANTIZE_TARGETS.value: (self.quantize.targets, Mode.BACKGROUND),
+            Method.QUANTIZE_RUN.value: (self.quantize.run, Mode.BACKGROUND),
+            # Fine-tuning trains in a child process (cancel = kill); prepare reads data and a tokenizer.
+            Method.FINETUNE_PREPARE.value: (self.finetune.prepare, Mode.BACKGROUND),
+            Method.FINETUNE_TRAIN.value: (self.finetune.train, Mode.BACKGROUND),
+            Method.FINETUNE_EXPORT.value: (self.finetune.export, Mode.BACKGROUND),
         }
 
     def _release(self, path: str) -> None:
@@ -104,5 +128,10 @@ class Services:
         if status.get("loaded") and status["model"]["path"] == path:
             self.engine.unload({}, JobState("release", lambda event: None))
 
+    def attach(self, submit: Any) -> None:
+        """Called by the dispatcher with its submit, for the API server's jobs."""
+        self.server.attach(submit)
+
     def close(self) -> None:
+        self.server.close()
         self.engine.close()

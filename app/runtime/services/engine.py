@@ -7,6 +7,7 @@ from the planner: the plan is sent to the listener before loading, with its one-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -20,12 +21,15 @@ from app.runtime.hardware import Hardware
 from app.runtime.jobs import JobState
 from app.runtime.library import ModelInfo
 from app.runtime.planner import Plan, UserPrefs, dryrun, fallback
+from app.runtime.planner import torch_plan
 from app.runtime.planner.calibrate import saved_calibration
+from app.runtime.planner.torch_plan import TorchPrefs
 from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("llama.cpp",)  # the torch backend joins in its own issue
+BACKENDS = ("llama.cpp", "torch")
+BACKEND_SETTINGS = ("model_backends", "default_backend")  # saved settings that pick a backend, not planner prefs
 DRY_RUN_ABOVE = 0.5  # confirm a plan with a dry run when it uses more than this share of a budget
 
 
@@ -50,12 +54,12 @@ class EngineService:
         if profile is not None and not isinstance(profile, str):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'hardware' must be a profile name or a JSON file path")
         hw = planner.load_profile(profile) if profile else self._hardware()
-        made = self.make_plan(model, prefs, hw)
+        made = self.make_plan(model, prefs, hw, torch_prefs=self.torch_prefs(params.get("prefs") or {}))
         return {"model": model.to_dict(), "hardware": hw.source, "plan": made.to_dict(), "summary": planner.summary(made)}
 
     def load(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
         model, prefs = self._request_target(params)
-        self._ensure_loaded(model, prefs, state, force=bool(params.get("reload")))
+        self._ensure_loaded(model, prefs, state, force=bool(params.get("reload")), torch_prefs=self.torch_prefs(params.get("prefs") or {}))
         return self.status({}, state)
 
     def unload(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
@@ -81,15 +85,25 @@ class EngineService:
 
     def chat(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
         request = ChatParams.from_dict(params)
+        if request.model is not None and request.model.startswith("remote:"):
+            from app.runtime.backends import remote  # streams from an endpoint; the local model stays loaded
+
+            sent = remote.resolve(request.model).chat(request.messages, request.sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)
+            return {**sent.to_dict(), "model": request.model}
         if request.backend not in ("auto", *BACKENDS):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {request.backend!r}. Available: auto, {', '.join(BACKENDS)}.")
+        if request.backend != "auto":
+            request = dataclasses.replace(request, prefs={**request.prefs, "backend": request.backend})
         with self._lock:
             loaded, current = self._backend, self._model
+        saved_backend = self._with_backend(current, UserPrefs()).backend if current is not None else None
+        if loaded is not None and saved_backend is not None and saved_backend != loaded.name:
+            request = dataclasses.replace(request, prefs={**request.prefs, "backend": saved_backend})  # chosen in the settings since
         if loaded is None or request.model is not None or request.prefs:
             # A conversation's own settings (say, its context length) may need a different plan;
             # _ensure_loaded keeps the loaded model when the plan comes out the same.
             model = library.resolve(request.model, self._models()) if request.model or current is None else current
-            loaded = self._ensure_loaded(model, self.prefs(request.prefs), state)
+            loaded = self._ensure_loaded(model, self.prefs(request.prefs), state, torch_prefs=self.torch_prefs(request.prefs))
         completion = loaded.chat(
             request.messages,
             request.sampling,
@@ -101,6 +115,11 @@ class EngineService:
         result = completion.to_dict()
         result["model"] = self._model.id if self._model else None
         return result
+
+    @property
+    def backend(self) -> Backend | None:
+        """The loaded backend (None when nothing is loaded); engine thread only (the API server's jobs)."""
+        return self._backend
 
     def close(self) -> None:
         with self._lock:
@@ -117,28 +136,48 @@ class EngineService:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'prefs' must be an object of planner preferences")
         return library.resolve(model_ref, self._models()), self.prefs(raw_prefs)
 
-    def prefs(self, overrides: dict[str, Any]) -> UserPrefs:
+    def _merged(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """The person's saved settings, with this request's own (non-None) values on top."""
         asked = {k: v for k, v in overrides.items() if v is not None}
-        return UserPrefs.from_dict({k: v for k, v in {**self._default_prefs(), **asked}.items() if v is not None})
+        return {k: v for k, v in {**self._default_prefs(), **asked}.items() if v is not None and k not in BACKEND_SETTINGS}
 
-    def make_plan(self, model: ModelInfo, prefs: UserPrefs, hw: Hardware, *, exact: bool = True) -> Plan:
+    def prefs(self, overrides: dict[str, Any]) -> UserPrefs:
+        """The planner preferences (the torch-only keys go to `torch_prefs`)."""
+        _, rest = TorchPrefs.split(self._merged(overrides))
+        return UserPrefs.from_dict(rest)
+
+    def torch_prefs(self, overrides: dict[str, Any]) -> TorchPrefs:
+        return TorchPrefs.split(self._merged(overrides))[0]
+
+    def _with_backend(self, model: ModelInfo, prefs: UserPrefs) -> UserPrefs:
+        """The backend the person chose for this model in the settings (per model, else their default),
+        when the request itself names none."""
+        if prefs.backend is not None:
+            return prefs
+        saved = self._default_prefs()
+        chosen = (saved.get("model_backends") or {}).get(model.id) or saved.get("default_backend")
+        return dataclasses.replace(prefs, backend=chosen) if chosen in BACKENDS else prefs
+
+    def make_plan(self, model: ModelInfo, prefs: UserPrefs, hw: Hardware, *, exact: bool = True, torch_prefs: TorchPrefs | None = None) -> Plan:
         """The one way a plan is made: ``exact`` reads the shape from the file's tensor table
         (else it is estimated from the metadata, for quick listings), with this machine's calibration."""
-        if model.format != "gguf":
-            raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is a {model.format} model; only GGUF runs in this version.")
+        prefs = self._with_backend(model, prefs)
+        if planner.choose_backend(model, prefs).value == "torch":
+            return planner.plan(model, hw, prefs, torch_prefs=torch_prefs or self.torch_prefs({}))
         shape = planner.read_shape(model) if exact else None
         return planner.plan(model, hw, prefs, shape=shape, calibration=saved_calibration(hw))
 
-    def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False) -> Backend:
+    def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False, torch_prefs: TorchPrefs | None = None) -> Backend:
         hw = self._hardware()
-        made = self.make_plan(model, prefs, hw)
+        made = self.make_plan(model, prefs, hw, torch_prefs=torch_prefs)
         with self._lock:
             current = self._backend
             same = self._model is not None and self._model.path == model.path and self._plan is not None
-            if current is not None and same and not force and planner.llama_cpp_kwargs(self._plan) == planner.llama_cpp_kwargs(made):  # type: ignore[arg-type]
+            if current is not None and same and not force and _settings(self._plan) == _settings(made):  # type: ignore[arg-type]
                 return current
             self._close_current()
+            if made.backend.value == "torch":
+                return self._load_torch(model, made, state)
             shape, calibration = planner.read_shape(model), saved_calibration(hw)  # the header is parsed once per process
             made, checked = self._confirm(made, model, hw, prefs, shape, calibration, state)
             state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
@@ -163,6 +202,30 @@ class EngineService:
             state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
             return loaded
 
+    def _load_torch(self, model: ModelInfo, made: Plan, state: JobState) -> Backend:
+        """Load with the torch plan (no dry run: accelerate's budgets already bound every device)."""
+        from app.runtime.backends.torch import TorchBackend
+
+        state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked="no dry run for torch")
+        if model.format == "gguf":
+            from app.runtime.hf_folder import cached_folder, hf_folder_for_gguf
+
+            if not (cached_folder(model.path) / "hearth-source.txt").is_file():
+                state.progress("converting", message=f"Converting {model.name} for torch (once)", model=model.id)
+            source = hf_folder_for_gguf(model.path)
+        else:
+            source = model.path
+        state.progress("loading", message=f"Loading {model.name} in torch", model=model.id)
+        process = psutil.Process()
+        before = process.memory_info().rss
+        loaded = TorchBackend(source, torch_plan.torch_kwargs(made))
+        self._measured = {"rss_increase_bytes": process.memory_info().rss - before, "load_seconds": round(loaded.load_seconds, 3),
+                          "dry_run": "none", "fallback": []}
+        self._backend, self._model, self._plan = loaded, model, made
+        log.info("loaded %s in torch: %s (measured %s)", model.id, planner.summary(made), self._measured)
+        state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
+        return loaded
+
     @staticmethod
     def _confirm(made: Plan, model: ModelInfo, hw: Hardware, prefs: UserPrefs, shape: Any, calibration: Any, state: JobState) -> tuple[Plan, str]:
         """Confirm a tight plan with a dry run (a child process that simulates the allocations).
@@ -182,3 +245,10 @@ class EngineService:
         backend, self._backend, self._model, self._plan = self._backend, None, None, None
         if backend is not None:
             backend.close()
+
+
+def _settings(made: Plan) -> dict[str, Any]:
+    """What a backend is loaded with: equal settings mean the loaded model can be kept."""
+    if made.backend.value == "torch":
+        return {"backend": "torch", **torch_plan.torch_kwargs(made)}
+    return {"backend": made.backend.value, **planner.llama_cpp_kwargs(made)}
