@@ -44,6 +44,7 @@ def test_the_context_policy_is_a_conversation_setting_sent_with_the_request(qtbo
     assert dialog.policy.currentText() == "Rolling window: forget the oldest messages"  # the default
     dialog.policy.setCurrentIndex(dialog.policy.findData("truncate_middle"))
     assert dialog.policy.currentText() == "Truncate middle: keep the first message"
+    dialog.kv_policy.setCurrentIndex(dialog.kv_policy.findData("sink_window"))  # torch only; llama.cpp ignores it
     dialog.max_tokens.setValue(8)
     dialog.temperature.setValue(0.0)
     page.apply_settings(settings=dialog.settings())
@@ -52,6 +53,7 @@ def test_the_context_policy_is_a_conversation_setting_sent_with_the_request(qtbo
     _send(qtbot, page, "Hello!")
     [params] = _chats(sent)
     assert params["context_policy"] == "truncate_middle" and "chat_template" not in params
+    assert params["prefs"]["kv_policy"] == "sink_window"
     assert page.transcript.message(1).state == "complete"
     page.new_chat()  # a new chat keeps this one's settings
     assert generation.context_policy_from(page.conversation.settings) == "truncate_middle"

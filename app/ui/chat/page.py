@@ -302,8 +302,9 @@ class ChatPage(QWidget):
                                   "context_policy": generation.context_policy_from(self.conversation.settings)}
         if self.chat_template:
             params["chat_template"] = self.chat_template
-        if self.context_length:
-            params["prefs"] = {"context_length": self.context_length}
+        prefs = {"context_length": self.context_length or None, "kv_policy": self.conversation.settings.get("kv_policy")}
+        if any(prefs.values()):
+            params["prefs"] = {k: v for k, v in prefs.items() if v}
         return params
 
     def _run(self, reply_id: int) -> None:

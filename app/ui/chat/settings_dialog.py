@@ -31,6 +31,17 @@ BACKEND_LABELS: dict[str, str] = {
     "llama.cpp": "llama.cpp",
     "torch": "torch (transformers; a GGUF is dequantized)",
 }
+KV_POLICY_KEY = "kv_policy"  # in the conversation's settings blob; sent as a planner preference
+# The torch backend's KV cache (app/runtime/kv): "" = the planner's choice. llama.cpp ignores it.
+KV_POLICY_LABELS: dict[str, str] = {
+    "": "Automatic (full, or the best measured eviction policy when it does not fit)",
+    "full": "Full cache (no eviction)",
+    "sink_window": "Sinks + recent window (StreamingLLM)",
+    "h2o": "Heavy hitters + recent window (H2O; costs explicit attention)",
+    "snapkv": "Compress the prompt (SnapKV)",
+    "keydiff": "Keep diverse keys (KeyDiff)",
+    "int8_kv": "Keep everything, stored in int8",
+}
 
 
 class SettingsDialog(QDialog):
@@ -92,6 +103,11 @@ class SettingsDialog(QDialog):
         chosen = chosen or "auto"
         self.backend.setCurrentIndex(max(self.backend.findData(chosen), 0))
         self.backend.setToolTip("Which engine runs this model; the next message reloads it when this changes")
+        self.kv_policy = QComboBox(self)
+        for policy, label in KV_POLICY_LABELS.items():
+            self.kv_policy.addItem(label, policy)
+        self.kv_policy.setCurrentIndex(max(self.kv_policy.findData(str(settings.get(KV_POLICY_KEY) or "")), 0))
+        self.kv_policy.setToolTip("torch backend only: how the KV cache is kept within its memory budget")
         self.idle = QComboBox(self)
         for minutes in generation.IDLE_CHOICES:
             self.idle.addItem(f"After {minutes} minutes without a request" if minutes else "Never", minutes)
@@ -108,7 +124,7 @@ class SettingsDialog(QDialog):
                            ("Min p", self.min_p), ("Repeat penalty", self.repeat_penalty),
                            ("Max reply tokens", self.max_tokens), ("Seed", self.seed), ("Stop strings", self.stop),
                            ("Context length", self.context), ("When the context is full", self.policy),
-                           ("Backend for this model", self.backend),
+                           ("Backend for this model", self.backend), ("KV cache (torch)", self.kv_policy),
                            ("Unload the model", self.idle)):
             form.addRow(label, box)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
@@ -128,6 +144,7 @@ class SettingsDialog(QDialog):
         blob = generation.settings_blob(sampling, self.context.value(), base=self._settings,
                                         context_policy=str(self.policy.currentData()))
         blob[BACKEND_KEY] = self.backend_choice()
+        blob[KV_POLICY_KEY] = str(self.kv_policy.currentData()) or None
         return blob
 
     def backend_choice(self) -> str:
