@@ -391,6 +391,9 @@ def run_bench(*, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
     report["machine"]["threads"] = report["settings"]["load_settings"]["n_threads"]
     report["machine"]["model_file"] = Path(report["settings"]["model_file"]).name
     report["planner_speed"] = measure_planner_speed()
+    from app.runtime.server.bench import measure_server_stream  # the OpenAI-compatible server (target >= 0.9)
+
+    report["server_stream"] = measure_server_stream(runs=runs, n_tokens=n_tokens)
     return report
 
 

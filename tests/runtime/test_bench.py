@@ -83,3 +83,6 @@ def test_bench_smoke(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.Monke
         assert figures[name]["verdict"] == "inconclusive"  # one run is too few for a verdict
     window = figures["first_window_s"]
     assert "error" in window or window["verdict"] in bench.VERDICTS
+    server = report["server_stream"]
+    assert server["figures"]["server_decode_ratio"]["median"] > 0
+    assert server["figures"]["server_decode_ratio"]["verdict"] == "inconclusive"

@@ -22,7 +22,7 @@ QUANT_SCHEMES = ("int8", "int4-g64")
 
 def decode_speed(folder: str | Path, *, dtypes: tuple[str, ...] = ("float32", "bfloat16"), n_tokens: int = 64) -> dict[str, Any]:
     """Tokens/s of plain fp32 ``generate()`` and of the backend's loop in each of ``dtypes`` (a
-    dtype, or a weight-quantization scheme such as "int8", run on fp32 activations), with the
+    dtype, or a weight-quantization scheme such as "int8" on fp32 activations, or "bfloat16+int8"), with the
     fraction of the roofline each reaches. Greedy decoding, best of two runs after a warm-up."""
     from app.runtime.hardware import probe
 
@@ -42,9 +42,10 @@ def decode_speed(folder: str | Path, *, dtypes: tuple[str, ...] = ("float32", "b
     for name in dtypes:
         settings: dict[str, Any] = {"dtype": name, "n_ctx": 2048, "threads": hw.cpu_cores_physical}
         bytes_per_weight: float = BYTES.get(name, 4)
-        if name in QUANT_SCHEMES:
-            settings = {**settings, "dtype": "float32", "weight_quant": name}
-            bytes_per_weight = 1.03 if name == "int8" else 0.56
+        activations, _, scheme = name.rpartition("+")  # "bfloat16+int8": int8 weights, bf16 everywhere else
+        if scheme in QUANT_SCHEMES:
+            settings = {**settings, "dtype": activations or "float32", "weight_quant": scheme}
+            bytes_per_weight = 1.03 if scheme == "int8" else 0.56
         rows[f"loop_{name}"] = _with_roofline(_loop_speed(folder, settings, n_tokens), int(params * bytes_per_weight), bandwidth)
     base = rows["generate_float32"]["tokens_per_s"]
     for key, row in rows.items():

@@ -13,7 +13,7 @@ Text: ``held_out_text()`` (Volume II of *Persuasion*), never tuned on.
 * **Memory and speed.** Context grown by ``SPEED_CHUNK``-token prefills; at each of
   ``SPEED_CONTEXTS`` the KV bytes held (after eviction) and greedy decode tokens/s of
   ``min(--tokens, MAX_DECODE)`` tokens, full against each policy at ``SPEED_BUDGET`` tokens.
-* **Torch decode** (``app.runtime.backends.torch_bench.decode_speed``) when that module exists.
+* **Torch decode** (``app.runtime.backends.torch_bench.decode_speed``).
 
 Run time: about 108k tokens of chunked prefill (5 x 10,240 + 9 x 4,096 + 5 x 4,096) and 640 decode
 steps. At the single-thread CPU cost measured here (0.32 s per 64-token chunk at short context,
@@ -29,7 +29,6 @@ asserts; the targets are reported with their verdicts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -164,13 +163,12 @@ def speed_curve(
 
 
 def torch_decode(folder: Path, n_tokens: int) -> dict[str, Any]:
-    """The torch backend's decode speeds, if its bench module exists (another part of issue 6)."""
-    if importlib.util.find_spec("app.runtime.backends.torch_bench") is None:
-        return {"skipped": "app.runtime.backends.torch_bench is not there yet"}
+    """The torch backend's decode speeds: fp32, bf16, int8 and the default on CPU (bf16 + int8)
+    side by side with plain fp32 generate()."""
     from app.runtime.backends import torch_bench
 
     try:
-        return torch_bench.decode_speed(folder, dtypes=("float32", "bfloat16", "int8"), n_tokens=n_tokens)
+        return torch_bench.decode_speed(folder, dtypes=("float32", "bfloat16", "int8", "bfloat16+int8"), n_tokens=n_tokens)
     except Exception as exc:  # a failure there must not lose the KV figures measured above
         log.exception("torch decode bench failed")
         return {"error": f"{type(exc).__name__}: {exc}"}
