@@ -62,8 +62,9 @@ class RuntimeBridge(QObject):
         except RuntimeFailure as exc:
             # Not running (yet, or any more): answer through the same signal, after the caller
             # has stored the id, as a real answer would come.
-            request_id = f"unsent-{next(self._unsent)}"
-            QTimer.singleShot(0, lambda: self.sig_failed.emit(request_id, exc.kind.value, exc.message))
+            # (Python unbinds `exc` when this block ends, so the lambda takes copies.)
+            request_id, kind, message = f"unsent-{next(self._unsent)}", exc.kind.value, exc.message
+            QTimer.singleShot(0, lambda: self.sig_failed.emit(request_id, kind, message))
             return request_id
 
     def cancel(self, request_id: str) -> None:
