@@ -8,9 +8,7 @@ matrix, CLI and wizard tests start from its F16 output.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path
