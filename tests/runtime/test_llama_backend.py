@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime.backends.llama_cpp import LlamaCppBackend, _StreamText
+from app.runtime.backends.llama_cpp import LlamaCppBackend
+from app.runtime.backends.streaming import ByteStopText
 from app.runtime.protocol import Sampling
 
 GREEDY = Sampling(temperature=0.0, max_tokens=24)
@@ -66,12 +67,12 @@ def test_cancel_stops_after_the_current_token(backend: LlamaCppBackend) -> None:
 
 
 def test_stream_text_holds_back_partial_characters_and_stop_strings() -> None:
-    text = _StreamText(stop=["</s>"])
+    text = ByteStopText(stop=["</s>"])
     assert text.feed("é".encode()[:1]) == ("", False)  # half a character waits
     assert text.feed("é".encode()[1:] + b"ok<") == ("éok", False)  # "<" may start the stop string
     assert text.feed(b"/s> tail") == ("", True)
     assert text.text == "éok"
-    plain = _StreamText(stop=[])
+    plain = ByteStopText(stop=[])
     plain.feed(b"a<")
     assert plain.flush(False) == "" and plain.text == "a<"
 

@@ -45,6 +45,15 @@ def reserve_for(max_tokens: int, n_ctx: int) -> int:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The conversation a backend's cache was last filled from, and the gap of it that was forgotten."""
+
+    messages: tuple[dict[str, str], ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class Window:
     """The request's messages minus one forgotten gap ``messages[start:end]`` (empty when start == end)."""
 

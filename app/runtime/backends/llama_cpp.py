@@ -13,19 +13,18 @@ old turns, the KV cache drops their span and shifts the rest in place, and the r
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.runtime.backends import context as window_policy
 from app.runtime.backends.base import Completion, IsCancelled, TokenSink
-from app.runtime.backends.context import Window
+from app.runtime.backends.context import Memory, Window
+from app.runtime.backends.streaming import ByteStopText
 from app.runtime.backends.templates import FALLBACK_TEMPLATE, ChatTemplates, Formatter, render, template_tokens
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
@@ -40,15 +39,6 @@ SETTINGS = frozenset(
 )
 PREFILL_CHUNK = 256  # tokens per prompt-processing step; about a second at the slowest CPU speeds
 _UNKNOWN_ARCH = re.compile(r"unknown model architecture: '([^']*)'")
-
-
-@dataclass(frozen=True)
-class _Memory:
-    """The conversation the cache was last filled from, and the gap of it that was forgotten."""
-
-    messages: tuple[dict[str, str], ...]
-    start: int
-    end: int
 
 
 class LlamaCppBackend:
@@ -69,7 +59,7 @@ class LlamaCppBackend:
         llm = self._llm
         self._vocab = llm._model.vocab
         self._templates = ChatTemplates(llm.metadata.get("tokenizer.chat_template"), **template_tokens(llm))
-        self._memory: _Memory | None = None
+        self._memory: Memory | None = None
         log.info("loaded %s in %.2f s with %s", Path(model_path).name, self.load_seconds, self.settings)
 
     @property
@@ -126,13 +116,13 @@ class LlamaCppBackend:
         prompt = window.tokens
         shifted = self._follow_window(window, tokens)
         cached = min(window_policy.common_prefix(self.held_tokens(), prompt), len(prompt) - 1)
-        self._memory = _Memory(window.messages, window.start, window.end)
+        self._memory = Memory(window.messages, window.start, window.end)
         started = time.perf_counter()
         if not self._prefill(prompt, cached, is_cancelled):
             report = self._report(context_policy, window, shifted, cached)
             return Completion("", "cancelled", len(prompt), 0, cached, time.perf_counter() - started, 0.0, context=report, template=template)
         llm.set_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() & 0x7FFFFFFF))
-        text = _StreamText(sampling.stop)
+        text = ByteStopText(sampling.stop)
         n_out, finish = 0, "length"
         first_at = started
         pending: list[int] | None = prompt
@@ -170,7 +160,7 @@ class LlamaCppBackend:
                         if moved is None:
                             break
                         window, shifted = moved, True
-                        self._memory = _Memory(window.messages, window.start, window.end)
+                        self._memory = Memory(window.messages, window.start, window.end)
                         pending = [*self.held_tokens(), token]  # generate() finds all but this one cached
                         break
             finally:
@@ -319,42 +309,3 @@ def _load(llama_cpp: Any, path: Path, settings: dict[str, Any]) -> Any:
         ) from exc
     finally:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-class _StreamText:
-    """Turns token bytes into text pieces: whole UTF-8 characters only, stop strings held back."""
-
-    def __init__(self, stop: Sequence[str]) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stop = [s for s in stop if s]
-        self._pending = ""  # text that might be the start of a stop string
-        self.text = ""  # everything emitted
-
-    def feed(self, data: bytes) -> tuple[str, bool]:
-        """Returns the text safe to show now, and whether a stop string was reached."""
-        self._pending += self._decoder.decode(data)
-        for stop in self._stop:
-            at = self._pending.find(stop)
-            if at != -1:
-                piece, self._pending = self._pending[:at], ""
-                self.text += piece
-                return piece, True
-        hold = max((_overlap(self._pending, s) for s in self._stop), default=0)
-        piece = self._pending[: len(self._pending) - hold]
-        self._pending = self._pending[len(piece) :]
-        self.text += piece
-        return piece, False
-
-    def flush(self, stopped: bool) -> str:
-        tail = "" if stopped else self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
-        self.text += tail
-        return tail
-
-
-def _overlap(text: str, stop: str) -> int:
-    """The length of the longest end of ``text`` that is a start of ``stop``."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0

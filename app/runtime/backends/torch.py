@@ -22,16 +22,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.runtime.backends import context as window_policy
 from app.runtime.backends.base import Completion, IsCancelled, TokenSink
-from app.runtime.backends.context import Window
+from app.runtime.backends.context import Memory, Window
 from app.runtime.backends.templates import FALLBACK, FALLBACK_TEMPLATE, MODEL, OVERRIDE
 from app.runtime.backends.torch_load import input_device, load_model
-from app.runtime.backends.torch_sample import IncrementalText, Sampler, StopText
+from app.runtime.backends.streaming import StopText
+from app.runtime.backends.torch_sample import IncrementalText, Sampler
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
 __all__ = ["SETTINGS", "TorchBackend"]
@@ -44,13 +44,6 @@ SETTINGS = frozenset(
      "threads", "compile", "attn_implementation", "prefill_chunk")
 )
 PREFILL_CHUNK = 256
-
-
-@dataclass(frozen=True)
-class _Memory:
-    messages: tuple[dict[str, str], ...]
-    start: int
-    end: int
 
 
 class TorchBackend:
@@ -86,7 +79,7 @@ class TorchBackend:
         self._use_policy_attention()
         self._held: list[int] = []  # tokens whose KV the cache holds, in order (before any eviction)
         self._seen = 0  # tokens evaluated into the cache (positions used)
-        self._memory: _Memory | None = None
+        self._memory: Memory | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.2f s on %s with %s", folder.name, self.load_seconds, self._device, self.settings)
 
@@ -121,7 +114,7 @@ class TorchBackend:
         reserve = window_policy.reserve_for(sampling.max_tokens, self.n_ctx)
         window = window_policy.fit_window(messages, context_policy, n_ctx=self.n_ctx, reserve=reserve, render=render, floor=self._floor(messages))
         prompt = window.tokens
-        self._memory = _Memory(window.messages, window.start, window.end)
+        self._memory = Memory(window.messages, window.start, window.end)
         started = time.perf_counter()
         with self._torch.inference_mode():
             cached = self._reuse(prompt)

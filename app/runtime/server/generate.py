@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.runtime.backends.base import Completion, IsCancelled, TokenSink
-from app.runtime.backends.llama_cpp import PREFILL_CHUNK, _StreamText
+from app.runtime.backends.llama_cpp import PREFILL_CHUNK
+from app.runtime.backends.streaming import ByteStopText
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 from app.runtime.server.keep import conversation_kept
 
@@ -95,7 +96,7 @@ def generate(
         if not _prefill(llm, tokens, is_cancelled):
             return Completion("", "cancelled", len(tokens), 0, 0, time.perf_counter() - started, 0.0), costs
         llm.set_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() & 0x7FFFFFFF))
-        text = _StreamText(sampling.stop)
+        text = ByteStopText(sampling.stop)
         n_out, finish, first_at = 0, "length", started
         generator = llm.generate(
             tokens,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget, QWizard
+from PySide6.QtWidgets import QWidget, QWizard
 
 from app.ui.bridge import RuntimeBridge
+from app.ui.wizards.common import WizardLauncher
 from app.ui.wizards.finetune.pages import BaseModelPage, DataPage, SettingsPage
 from app.ui.wizards.finetune.run_pages import ExportPage, TrainPage
 
@@ -47,45 +48,21 @@ class FinetuneWizard(QWizard):
         super().reject()
 
 
-class FinetunePage(QWidget):
+class FinetunePage(WizardLauncher):
     """The Fine-tune page of the sidebar: what fine-tuning does, and the button that starts it."""
 
-    sig_load_requested = Signal(str)  # a library model id, from the wizard's "Chat with it"
-
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.bridge = bridge
-        self.wizard: FinetuneWizard | None = None
-        title = QLabel("<h2>Fine-tune</h2>", self)
-        text = QLabel(
-            "Teach a model from your own examples: questions and answers, instructions, or plain text. "
+        super().__init__(
+            bridge, parent, title="Fine-tune", button="Fine-tune a model…",
+            blurb="Teach a model from your own examples: questions and answers, instructions, or plain text. "
             "Hearth checks the data, picks settings that fit this computer (LoRA, or QLoRA on a small GPU), "
             "shows the model learning, survives a crash by resuming from its last checkpoint, and adds the "
             "result to your library.",
-            self,
         )
-        text.setWordWrap(True)
-        self.start_button = QPushButton("Fine-tune a model…", self)
-        self.start_button.clicked.connect(lambda: self.open_wizard())
-        self.last = QLabel("", self)
-        self.last.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(title)
-        layout.addWidget(text)
-        layout.addWidget(self.start_button)
-        layout.addWidget(self.last)
-        layout.addStretch(1)
 
-    def open_wizard(self) -> FinetuneWizard:
-        wizard = FinetuneWizard(self.bridge, self)
-        wizard.sig_load_requested.connect(self.sig_load_requested)
-        wizard.sig_load_requested.connect(lambda _: wizard.accept())
-        wizard.finished.connect(lambda _: self._summarize(wizard))
-        self.wizard = wizard
-        wizard.show()
-        return wizard
+    def make_wizard(self, **options: Any) -> FinetuneWizard:
+        return FinetuneWizard(self.bridge, self)
 
-    def _summarize(self, wizard: FinetuneWizard) -> None:
+    def summary(self, wizard: FinetuneWizard) -> str | None:
         result = wizard.train_result
-        if result:
-            self.last.setText(f"Last run: {result['steps']} steps, in {result.get('run_dir', '')}.")
+        return f"Last run: {result['steps']} steps, in {result.get('run_dir', '')}." if result else None

@@ -24,10 +24,10 @@ from PySide6.QtWidgets import (
     QRadioButton,
     QTableView,
     QVBoxLayout,
-    QWizardPage,
 )
 
 from app.runtime.protocol import Method
+from app.ui.wizards.common import BridgePage
 from app.ui.models.hub_models import fmt_bytes, fmt_eta
 from app.ui.widgets.charts import BarChart
 from app.ui.wizards.quantize.tables import LibraryModel, ResultsModel, result_rows
@@ -36,28 +36,10 @@ if TYPE_CHECKING:
     from app.ui.wizards.quantize.wizard import QuantizeWizard
 
 
-class _Page(QWizardPage):
-    _listening = False
-
+class _Page(BridgePage):
     def wiz(self) -> QuantizeWizard:
         return self.wizard()  # type: ignore[return-value]
 
-    def listen(self, *, progress: bool = False) -> None:
-        """Connect to the bridge once (a page is initialized again after Back)."""
-        if self._listening:
-            return
-        self._listening = True
-        bridge = self.wiz().bridge
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
-        if progress:
-            bridge.sig_progress.connect(self._on_progress)
-
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None: ...
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None: ...
-
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None: ...
 
 
 class PickModelPage(_Page):

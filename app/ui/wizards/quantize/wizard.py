@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget, QWizard
+from PySide6.QtWidgets import QWidget, QWizard
 
 from app.ui.bridge import RuntimeBridge
+from app.ui.wizards.common import WizardLauncher
 from app.ui.wizards.quantize.pages import PickModelPage, ResultsPage, RunPage, TargetsPage
 
 
@@ -43,46 +44,24 @@ class QuantizeWizard(QWizard):
         super().reject()
 
 
-class QuantizePage(QWidget):
+class QuantizePage(WizardLauncher):
     """The Quantize page of the sidebar: what quantizing does, and the button that starts it."""
 
-    sig_load_requested = Signal(str)  # a library model id, from the wizard's "Chat with it"
-
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.bridge = bridge
-        self.wizard: QuantizeWizard | None = None
-        title = QLabel("<h2>Quantize</h2>", self)
-        text = QLabel(
-            "Make a model smaller so that it fits this computer and answers faster. Hearth converts and "
+        super().__init__(
+            bridge, parent, title="Quantize", button="Quantize a model…",
+            blurb="Make a model smaller so that it fits this computer and answers faster. Hearth converts and "
             "quantizes it with llama.cpp's own tools, measures how much quality each size keeps "
             "(perplexity and KL divergence against the original, and speed), and adds the results "
             "to your library.",
-            self,
         )
-        text.setWordWrap(True)
-        self.start_button = QPushButton("Quantize a model…", self)
-        self.start_button.clicked.connect(lambda: self.open_wizard())
-        self.last = QLabel("", self)
-        self.last.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(title)
-        layout.addWidget(text)
-        layout.addWidget(self.start_button)
-        layout.addWidget(self.last)
-        layout.addStretch(1)
 
-    def open_wizard(self, preselect: str | None = None) -> QuantizeWizard:
-        wizard = QuantizeWizard(self.bridge, self, preselect=preselect)
-        wizard.sig_load_requested.connect(self.sig_load_requested)
-        wizard.sig_load_requested.connect(lambda _: wizard.accept())
-        wizard.finished.connect(lambda _: self._summarize(wizard))
-        self.wizard = wizard
-        wizard.show()
-        return wizard
+    def make_wizard(self, *, preselect: str | None = None, **options: Any) -> QuantizeWizard:
+        return QuantizeWizard(self.bridge, self, preselect=preselect)
 
-    def _summarize(self, wizard: QuantizeWizard) -> None:
+    def summary(self, wizard: QuantizeWizard) -> str | None:
         report = wizard.report
-        if report:
-            made = ", ".join(str(r["target"]) for r in report.get("results", []))
-            self.last.setText(f"Last run: {made} from {report['source']['name']}, in {report.get('output_dir', '')}.")
+        if not report:
+            return None
+        made = ", ".join(str(r["target"]) for r in report.get("results", []))
+        return f"Last run: {made} from {report['source']['name']}, in {report.get('output_dir', '')}."
