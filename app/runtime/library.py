@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,7 +88,13 @@ def open_gguf(path: str | Path) -> Any:
     and the planner need the header, so the reader is shared; a changed file is parsed again.
     """
     st = Path(path).stat()
-    return _reader(str(path), st.st_size, st.st_mtime_ns)
+    # One parse at a time: the worker's warm-up and the first request both ask at start-up, and
+    # lru_cache alone would let each of them parse the same header (measured: twice the wait).
+    with _READER_LOCK:
+        return _reader(str(path), st.st_size, st.st_mtime_ns)
+
+
+_READER_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=16)

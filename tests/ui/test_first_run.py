@@ -72,12 +72,15 @@ def test_sidebar_pages_keep_their_rows(qtbot, fresh_home: Path) -> None:  # type
     qtbot.addWidget(win)
     extra = win.add_page("Extra", QLabel("extra"), icon="server")  # what the lead adds for a new page
     titles = [win.sidebar.item(i).text() for i in range(win.sidebar.count())]
-    assert titles == ["Chat", "Models", "Settings", "Extra"]
-    assert not win.sidebar.item(3).icon().isNull()
-    win.sidebar.setCurrentRow(3)
+    assert titles == ["Chat", "Models", "Quantize", "Fine-tune", "Server", "Settings", "Extra"]
+    assert all(not win.sidebar.item(i).icon().isNull() for i in range(len(titles)))
+    win.sidebar.setCurrentRow(6)
     assert win.pages.currentWidget() is extra
-    win.sidebar.setCurrentRow(2)
+    win.sidebar.setCurrentRow(5)
     assert win.pages.currentWidget() is win.settings_page
+    for row, page in enumerate((win.chat_page, win.models_page, win.quantize_page, win.finetune_page, win.server_page)):
+        win.sidebar.setCurrentRow(row)
+        assert win.pages.currentWidget() is page
     win.chat_page.store.close()
 
 
