@@ -7,6 +7,7 @@ platform's own config, data, cache and log folders are used.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,19 @@ def paths() -> Paths:
         cache=Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)),
         logs=Path(platformdirs.user_log_dir(APP_NAME, appauthor=False)),
     )
+
+
+RESOURCES_ENV = "HEARTH_RESOURCES"
+
+
+def resource_folders() -> list[Path]:
+    """Where resources/ (icons, style, texts) may be, in order: HEARTH_RESOURCES, the frozen
+    bundle, then the source tree. Both the studio and the runtime look here."""
+    found: list[Path] = []
+    if os.environ.get(RESOURCES_ENV):
+        found.append(Path(os.environ[RESOURCES_ENV]))
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        found.append(Path(bundle) / "resources")
+    found.append(Path(__file__).resolve().parents[1] / "resources")
+    return found

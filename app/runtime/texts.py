@@ -13,38 +13,24 @@ UI's resources (app/ui/resources.py, which this runtime module must not import: 
 from __future__ import annotations
 
 import functools
-import os
-import sys
-from pathlib import Path
 
+from app.paths import resource_folders
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 
-ENV = "HEARTH_RESOURCES"
 BOOK = "texts/persuasion.txt"
 SPLIT_MARK = "\nChapter 13\n"  # the first chapter of Volume II
 
 
-def _candidates() -> list[Path]:
-    found: list[Path] = []
-    if os.environ.get(ENV):
-        found.append(Path(os.environ[ENV]))
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        found.append(Path(bundle) / "resources")
-    found.append(Path(__file__).resolve().parents[2] / "resources")
-    return found
-
-
 @functools.lru_cache(maxsize=1)
 def _book() -> str:
-    for folder in _candidates():
+    for folder in resource_folders():
         path = folder / BOOK
         if path.is_file():
             return path.read_text(encoding="utf-8")
     raise RuntimeFailure(
         ErrorKind.INTERNAL,
         f"The evaluation text {BOOK} is missing from Hearth's resources; looked in: "
-        + ", ".join(str(p) for p in _candidates()),
+        + ", ".join(str(p) for p in resource_folders()),
     )
 
 

@@ -9,13 +9,12 @@ a checkout (the editable install `make run` makes) reads it from the repository 
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from pathlib import Path
 
 from PySide6.QtGui import QIcon
 
-ENV = "HEARTH_RESOURCES"
+from app.paths import resource_folders
+
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 
 
@@ -23,24 +22,13 @@ class ResourcesMissing(FileNotFoundError):
     """resources/ is nowhere Hearth looks: a broken install, said with the places searched."""
 
 
-def candidates() -> list[Path]:
-    """Where resources/ may be, in order of preference."""
-    found: list[Path] = []
-    if os.environ.get(ENV):
-        found.append(Path(os.environ[ENV]))
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        found.append(Path(bundle) / "resources")
-    found.append(Path(__file__).resolve().parents[2] / "resources")
-    return found
-
 
 @functools.lru_cache(maxsize=1)
 def root() -> Path:
-    for folder in candidates():
+    for folder in resource_folders():
         if (folder / "icons" / "hearth.svg").is_file():
             return folder
-    raise ResourcesMissing("Hearth's resources folder is missing; looked in: " + ", ".join(str(p) for p in candidates()))
+    raise ResourcesMissing("Hearth's resources folder is missing; looked in: " + ", ".join(str(p) for p in resource_folders()))
 
 
 def path(relative: str) -> Path:
