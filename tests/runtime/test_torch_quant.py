@@ -132,3 +132,23 @@ def test_cpu_speedup_reads_the_saved_bench(tmp_path: Path, monkeypatch: pytest.M
     assert tq.cpu_compute_dtype() is None  # the bench found fp32 faster: keep fp32 activations
     tq.bench_file().write_text("{not json")
     assert tq.cpu_speedup("int8") is None
+
+
+def test_a_saved_int8_folder_chats_in_the_torch_backend_like_int8_on_load(smol, smollm2_hf: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What the quantize wizard writes is a library model: the torch backend rebuilds it as saved."""
+    from app.runtime.backends.torch import TorchBackend
+    from app.runtime.protocol import Sampling
+
+    folder = tmp_path / "smol-small"
+    tq.save_quantized(quantized(smol, "int8"), folder, "int8", tokenizer=smol["tokenizer"])
+    greedy = Sampling(temperature=0.0, max_tokens=12, repeat_penalty=1.1)
+    answers = []
+    for source, settings in ((folder, {}), (smollm2_hf, {"weight_quant": "int8"})):
+        backend = TorchBackend(source, {"dtype": "float32", "n_ctx": 512, "threads": 2, **settings})
+        try:
+            assert any(isinstance(m, QuantizedLinear) for m in backend._model.modules())
+            done = backend.chat([{"role": "user", "content": PROMPT}], greedy, on_token=lambda _: None, is_cancelled=lambda: False)
+            answers.append(done.text)
+        finally:
+            backend.close()
+    assert answers[0] and answers[0] == answers[1]

@@ -82,12 +82,26 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+def _is_quantized(folder: Path) -> bool:
+    """Whether config.json records a Hearth weight-only scheme (never guessed from the name)."""
+    from app.runtime.quantize.torch_quant import METADATA_KEY
+
+    try:
+        return bool(json.loads((folder / "config.json").read_text(encoding="utf-8")).get(METADATA_KEY))
+    except (OSError, ValueError):
+        return False
+
+
 def load_model(folder: Path, settings: Mapping[str, Any]) -> tuple[Any, Any]:
     """(model, tokenizer) for ``folder`` with the plan's dtype, device map and weight quantization."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_folder(folder)
+    if _is_quantized(folder):  # made by Hearth's quantize wizard: already int8/int4, rebuilt as saved
+        from app.runtime.quantize.torch_quant import load_quantized
+
+        return load_quantized(folder).eval(), AutoTokenizer.from_pretrained(folder)
     dtype = getattr(torch, str(settings.get("dtype", "float32")))
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": settings.get("attn_implementation", "sdpa")}
     device_map = settings.get("device_map")
