@@ -13,12 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if getattr(sys, "frozen", False):
         _frozen_start_up()
-    from app.runtime.launcher import DRY_RUN_FLAG, WORKER_FLAG
+    from app.runtime.launcher import CHILD_FLAG, DRY_RUN_FLAG, WORKER_FLAG
 
     if args[:1] == [WORKER_FLAG]:
         from app.runtime.worker import main as worker_main
 
         return worker_main()
+    if args[:1] == [CHILD_FLAG] and len(args) == 2:
+        return _child(args[1])
     if args[:1] == [DRY_RUN_FLAG]:
         from app.runtime.planner.dryrun import child_main
 
@@ -38,6 +40,31 @@ def main(argv: list[str] | None = None) -> int:
     from app.cli import main as cli_main
 
     return cli_main(args)
+
+
+def _child(role: str) -> int:
+    """``--child ROLE``: one child job (`app.runtime.childjob`); each role's entry is imported only here."""
+    from app.runtime.childjob import serve
+
+    if role == "dry-run":
+        from app.runtime.planner.dryrun import child_entry as entry
+    elif role == "convert":
+        from app.runtime.quantize.child import convert_entry as entry
+    elif role == "quantize":
+        from app.runtime.quantize.child import quantize_entry as entry
+    elif role == "finetune":
+        from app.runtime.finetune.child import train_entry as entry
+    elif role == "selftest-child":  # the child-job helper's own tests
+        from app.runtime.childjob import selftest_entry as entry
+    else:
+        print(f"hearth: unknown child role {role!r}", file=sys.stderr)
+        return 2
+    code = serve(entry, role)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import os
+
+    os._exit(code)  # not a normal exit: interpreter shutdown would wait on the thread reading stdin
 
 
 def _frozen_start_up() -> None:

@@ -15,34 +15,53 @@ import logging
 import queue
 import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from app import __version__
-from app.runtime.jobs import Emit, JobState, Mode
+from app.runtime.jobs import Emit, JobContext, JobStopped, MethodSpec, Mode
 from app.runtime.protocol import (
     PROTOCOL_VERSION,
     ErrorKind,
     Event,
     EventKind,
+    JobStatus,
     Method,
+    NoParams,
     ProtocolError,
     Request,
     RuntimeFailure,
+    decode_params,
     decode_request,
+    encode_result,
 )
 from app.runtime.services import Services
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any], JobState], dict[str, Any]]
+
+@dataclass(frozen=True)
+class TargetParams:
+    """cancel and pause: the id of the request to stop."""
+
+    target: str
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    handler: Handler
-    mode: Mode
+class TargetResult:
+    target: str
+    found: bool
+
+
+@dataclass(frozen=True)
+class PingResult:
+    pong: bool
+    protocol: int
+
+
+@dataclass(frozen=True)
+class ShutdownResult:
+    shutting_down: bool
 
 
 class Dispatcher:
@@ -52,16 +71,21 @@ class Dispatcher:
         # their events go to it, not to the output.
         self._listeners: dict[str, Emit] = {}
         self.services = services or Services()
-        self._jobs: dict[str, JobState] = {}
+        self._jobs: dict[str, JobContext] = {}
         self._jobs_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Request, JobState, MethodSpec] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Request, JobContext, MethodSpec[Any, Any]] | None] = queue.Queue()
         self.shutting_down = False
-        self._methods: dict[str, MethodSpec] = {
-            Method.PING.value: MethodSpec(self._ping, Mode.QUICK),
-            Method.CANCEL.value: MethodSpec(self._cancel, Mode.QUICK),
-            Method.SHUTDOWN.value: MethodSpec(self._shutdown, Mode.QUICK),
-            **{name: MethodSpec(handler, mode) for name, (handler, mode) in self.services.methods().items()},
-        }
+        own: list[MethodSpec[Any, Any]] = [
+            MethodSpec(Method.PING.value, NoParams, PingResult, Mode.QUICK, self._ping),
+            MethodSpec(Method.CANCEL.value, TargetParams, TargetResult, Mode.QUICK, self._cancel),
+            MethodSpec(Method.PAUSE.value, TargetParams, TargetResult, Mode.QUICK, self._pause),
+            MethodSpec(Method.SHUTDOWN.value, NoParams, ShutdownResult, Mode.QUICK, self._shutdown),
+        ]
+        self._methods: dict[str, MethodSpec[Any, Any]] = {}
+        for spec in [*own, *self.services.methods()]:
+            if spec.name in self._methods:
+                raise ValueError(f"method {spec.name} is declared twice")
+            self._methods[spec.name] = spec
         self._thread = threading.Thread(target=self._run_jobs, name="hearth-jobs", daemon=True)
         self._thread.start()
         attach = getattr(self.services, "attach", None)  # lets the API server queue jobs here
@@ -92,7 +116,7 @@ class Dispatcher:
             known = ", ".join(sorted(self._methods))
             self._emit(Event.error(request.id, ErrorKind.UNKNOWN_METHOD, f"Unknown method {request.method!r}. Known: {known}."))
             return
-        state = JobState(request.id, self._emit)
+        state = JobContext(request.id, self._emit, pausable=spec.pausable)
         if spec.mode is Mode.QUICK:
             self._execute(request, state, spec)
             return
@@ -128,7 +152,12 @@ class Dispatcher:
         while (item := self._queue.get()) is not None:
             self._run_one(*item)
 
-    def _run_one(self, request: Request, state: JobState, spec: MethodSpec) -> None:
+    @property
+    def methods(self) -> dict[str, MethodSpec[Any, Any]]:
+        """Every declared method by name."""
+        return dict(self._methods)
+
+    def _run_one(self, request: Request, state: JobContext, spec: MethodSpec[Any, Any]) -> None:
         try:
             if state.cancelled:
                 self._emit(Event.error(request.id, ErrorKind.CANCELLED, "Cancelled before it started."))
@@ -138,9 +167,14 @@ class Dispatcher:
             with self._jobs_lock:
                 self._jobs.pop(request.id, None)
 
-    def _execute(self, request: Request, state: JobState, spec: MethodSpec) -> None:
+    def _execute(self, request: Request, state: JobContext, spec: MethodSpec[Any, Any]) -> None:
         try:
-            result = spec.handler(request.params, state)
+            params = request.params if spec.params is dict else decode_params(spec.params, request.params)
+            result = encode_result(spec.handler(params, state))
+            result.setdefault("status", JobStatus.DONE.value if state.stop_requested is None else state.stop_requested.value)
+        except JobStopped as stopped:
+            log.info("%s %s ended: %s", request.method, request.id, stopped.status.value)
+            self._emit(Event(request.id, EventKind.RESULT, {"status": stopped.status.value, "message": stopped.message, **encode_result(stopped.kept)}))
         except RuntimeFailure as exc:
             log.info("%s %s failed: %s", request.method, request.id, exc.message)
             self._emit(Event.error(request.id, exc.kind, exc.message, exc.detail))
@@ -153,19 +187,23 @@ class Dispatcher:
         else:
             self._emit(Event(request.id, EventKind.RESULT, result))
 
-    def _ping(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        return {"pong": True, "protocol": PROTOCOL_VERSION}
+    def _ping(self, params: NoParams, state: JobContext) -> PingResult:
+        return PingResult(True, PROTOCOL_VERSION)
 
-    def _cancel(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        target = params.get("target")
-        if not isinstance(target, str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "cancel needs 'target', the id of the request to stop")
+    def _cancel(self, params: TargetParams, state: JobContext) -> TargetResult:
         with self._jobs_lock:
-            job = self._jobs.get(target)
+            job = self._jobs.get(params.target)
         if job is not None:
             job.cancel()
-        return {"target": target, "found": job is not None}
+        return TargetResult(params.target, job is not None)
 
-    def _shutdown(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def _pause(self, params: TargetParams, state: JobContext) -> TargetResult:
+        with self._jobs_lock:
+            job = self._jobs.get(params.target)
+        if job is not None:
+            job.pause()
+        return TargetResult(params.target, job is not None)
+
+    def _shutdown(self, params: NoParams, state: JobContext) -> ShutdownResult:
         self.shutting_down = True
-        return {"shutting_down": True}
+        return ShutdownResult(True)

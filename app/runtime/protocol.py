@@ -7,9 +7,28 @@ This is the only runtime module the UI imports, so it depends on nothing but the
   belongs to (null for the worker's ``hello`` and unsolicited ``log`` lines).
 - Every request ends with exactly one ``result`` or one ``error`` event; ``token``, ``progress``
   and ``log`` events may come before it.
-- ``cancel`` is an ordinary request whose params name the request to stop; the stopped request
-  still ends with its own ``result`` (``finish_reason: "cancelled"``) or ``error``.
 - The worker says ``hello`` with its protocol version first; a client refuses another version.
+
+Every method is declared once (`app.runtime.jobs.MethodSpec`: a params dataclass, a result
+dataclass, its `Mode` and a handler ``(params, JobContext) -> result``). Params are checked against
+the declaration (`decode_params`): a missing, unknown or mistyped field is an ``invalid_params``
+error naming the field.
+
+How a job ends -- the same for every method:
+
+- ``result`` with ``status: "done"``: it finished.
+- ``cancel`` (params ``{"target": id}``) of a *running* job: it stops at its next check and ends as
+  a ``result`` with ``status: "cancelled"``. What is useful is kept as it is (a chat's partial
+  reply, a fine-tune's finished checkpoints); what cannot be resumed is removed (a half-written
+  GGUF, a download's partial file).
+- ``pause`` (params ``{"target": id}``) of a running job that can resume (a download, a training
+  run): it stops and keeps what a later request resumes from; a ``result`` with
+  ``status: "paused"``. A job that cannot resume treats a pause as a cancel.
+- ``error`` of kind ``cancelled`` means only one thing: cancelled (or paused) *before it started*,
+  while it waited in the queue. Every other error is a failure with its typed kind.
+
+Progress events carry one record: ``stage``, ``done``/``total`` with a ``unit``, ``fraction``,
+``eta_s`` and ``message`` (plus what the job adds, such as a loss or a plan).
 """
 
 from __future__ import annotations
@@ -51,6 +70,7 @@ class Method(str, Enum):
     SERVER_LOG = "server.log"
     SERVER_GENERATE = "server.generate"  # one API request's generation, queued with the chats
     CANCEL = "cancel"
+    PAUSE = "pause"
     SHUTDOWN = "shutdown"
 
 
@@ -81,6 +101,14 @@ class ErrorKind(str, Enum):
     REMOTE_FAILED = "remote_failed"  # a remote engine refused, timed out or answered nonsense
     PROTOCOL_MISMATCH = "protocol_mismatch"
     INTERNAL = "internal"
+
+
+class JobStatus(str, Enum):
+    """How a job that answered with a ``result`` ended (see the module's docstring)."""
+
+    DONE = "done"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 class ProtocolError(ValueError):
@@ -172,8 +200,10 @@ def _parse_object(line: str | bytes) -> dict[str, Any]:
 
 def _check(value: Any, types: type | tuple[type, ...], name: str) -> Any:
     # bool is an int in Python; a JSON true where a number is wanted is still a mistake.
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be a number, not {value!r}")
+    wanted = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in wanted:
+        what = "a number" if int in wanted or float in wanted else "a string" if str in wanted else "another type"
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be {what}, not {value!r}")
     if not isinstance(value, types):
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' has the wrong type: {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -296,3 +326,140 @@ class ChatParams:
             "chat_template": self.chat_template,
             "prefs": dict(self.prefs),
         }
+
+
+# ---- declared params and results ----------------------------------------------------------------
+#
+# A method's params and result are dataclasses. `decode_params` checks a request's raw object
+# against the params class's annotations (str, int, float, bool, Any, X | None, list[X],
+# tuple[X, ...], dict[str, X], Literal[...], nested dataclasses); a class with its own
+# ``from_dict`` (ChatParams, Sampling) validates itself. `encode_result` turns a result dataclass
+# into the JSON object of the ``result`` event.
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Params of a method that takes none."""
+
+
+def decode_params(cls: type, raw: Any, where: str = "") -> Any:
+    """``raw`` as an instance of the dataclass ``cls``, or an INVALID_PARAMS failure naming the field."""
+    import dataclasses
+    import typing
+
+    if isinstance(raw, cls):
+        return raw
+    custom = cls.__dict__.get("from_dict")
+    if custom is not None:
+        if not isinstance(raw, dict):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{where or 'params'}' must be an object")
+        return cls.from_dict(raw)
+    if not isinstance(raw, dict):
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{where or 'params'}' must be an object")
+    hints = typing.get_type_hints(cls)
+    declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(declared))
+    if unknown:
+        known = ", ".join(sorted(declared)) or "none"
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"unknown parameter(s) {', '.join(_dotted(where, u) for u in unknown)} (known: {known})")
+    values: dict[str, Any] = {}
+    for name, f in declared.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{_dotted(where, name)}' is required")
+            continue
+        values[name] = _coerce(hints[name], raw[name], _dotted(where, name))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # a __post_init__ that refuses a combination
+        if isinstance(exc, RuntimeFailure):
+            raise
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, str(exc)) from None
+
+
+def _dotted(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(option, value, name)
+            except RuntimeFailure:
+                if len(options) == 1:
+                    raise
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' has the wrong type: {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be one of {', '.join(repr(a) for a in args)}, not {value!r}")
+        return value
+    if origin in (list, tuple, set, frozenset):
+        if not isinstance(value, list):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be a list, not {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else origin(items)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be an object, not {value!r}")
+        if not args:
+            return dict(value)
+        if not all(isinstance(k, str) for k in value):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must have string keys")
+        return {k: _coerce(args[1], v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return decode_params(hint, value, name)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be one of {', '.join(repr(m.value) for m in hint)}, not {value!r}") from None
+    if hint is float:
+        return float(_check(value, (int, float), name))
+    if hint in (int, str, bool):
+        if hint is bool and not isinstance(value, bool):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be true or false, not {value!r}")
+        return _check(value, hint, name)
+    raise TypeError(f"decode_params cannot check a field of type {hint!r} ({name})")  # a declaration bug
+
+
+def encode_result(result: Any) -> dict[str, Any]:
+    """A handler's result as the ``result`` event's data (a dataclass, or already a dict)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        data = {f.name: _plain(getattr(result, f.name)) for f in dataclasses.fields(result)}
+    elif isinstance(result, dict):
+        data = {str(k): _plain(v) for k, v in result.items()}
+    else:
+        raise TypeError(f"a handler returned {type(result).__name__}, not its result dataclass")
+    return data
+
+
+def _plain(value: Any) -> Any:
+    import dataclasses
+    import os
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_dict = getattr(value, "to_dict", None)
+        return _plain(to_dict()) if callable(to_dict) else encode_result(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.runtime import hardware, library
-from app.runtime.jobs import JobState, Mode
+from app.runtime.jobs import JobState, MethodSpec, Mode
 from app.runtime.protocol import Method, RuntimeFailure
 from app.runtime.services.engine import EngineService
 from app.runtime.services.finetune import FinetuneService
@@ -88,8 +88,8 @@ class Services:
             rows.extend(remote.library_rows())  # format "remote": models of the endpoints in the settings
         return {"models": rows}
 
-    def methods(self) -> dict[str, tuple[Handler, Mode]]:
-        return {
+    def methods(self) -> list[MethodSpec[Any, Any]]:
+        legacy = {
             Method.HARDWARE.value: (lambda params, state: self.hardware().to_dict(), Mode.QUICK),
             Method.MODELS_LIST.value: (self.list_models, Mode.QUICK),
             Method.ENGINE_STATUS.value: (self.engine.status, Mode.QUICK),
@@ -121,6 +121,8 @@ class Services:
             Method.FINETUNE_TRAIN.value: (self.finetune.train, Mode.BACKGROUND),
             Method.FINETUNE_EXPORT.value: (self.finetune.export, Mode.BACKGROUND),
         }
+        # Transitional: raw-dict methods not yet declared with their own params and result classes.
+        return [MethodSpec(name, dict, dict, mode, handler) for name, (handler, mode) in legacy.items()]
 
     def _release(self, path: str) -> None:
         """Unload the engine's model when it is the file about to be deleted."""
