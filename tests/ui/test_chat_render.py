@@ -81,3 +81,47 @@ def test_the_tokenizer_finds_keywords_strings_comments_and_numbers() -> None:
     js = language("js")
     assert js is not None and [k for _, _, k in spans("const s = 'x'; // done", js)] == ["keyword", "string", "comment"]
     assert language("text") is None  # an unknown language stays plain
+
+
+def test_each_code_block_shows_its_language_and_a_copy_link_that_copies_it(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QListView, QStyleOptionViewItem
+
+    from app.ui.chat.delegate import MessageDelegate
+    from app.ui.chat.transcript import ChatMessage, TranscriptModel
+
+    reply = "Two ways:\n\n```python\nprint(1)\nprint(2)\n```\n\nor\n\n```sh\necho hi\n```\n"
+    plain = _doc(reply).toPlainText()
+    assert "python · Copy" in plain and "sh · Copy" in plain
+    assert plain.index("python · Copy") < plain.index("print(1)") < plain.index("sh · Copy") < plain.index("echo hi")
+
+    model = TranscriptModel()
+    view = QListView()
+    qtbot.addWidget(view)
+    delegate = MessageDelegate(view)
+    view.setModel(model)
+    view.setItemDelegate(delegate)
+    view.resize(600, 500)
+    model.append(ChatMessage("assistant", reply))
+    view.show()
+    qtbot.waitExposed(view)
+    index = model.index(0)
+    rect = view.visualRect(index)
+    option = QStyleOptionViewItem()
+    option.initFrom(view)
+    option.rect = rect
+    links = {}
+    for y in range(rect.top(), rect.bottom(), 3):
+        for x in range(rect.left(), rect.right(), 4):
+            anchor = delegate.anchor_at(option, index, QPointF(x, y))
+            if anchor and anchor not in links:
+                links[anchor] = QPoint(x, y)
+    assert set(links) == {"copy-code:0", "copy-code:1"}
+    QGuiApplication.clipboard().clear()
+    with qtbot.waitSignal(delegate.sig_copied, timeout=5000) as copied:
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=links["copy-code:1"])
+    assert copied.args == ["echo hi"]
+    assert QGuiApplication.clipboard().text() == "echo hi"
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=links["copy-code:0"])
+    qtbot.waitUntil(lambda: QGuiApplication.clipboard().text() == "print(1)\nprint(2)", timeout=5000)

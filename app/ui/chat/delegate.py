@@ -6,11 +6,11 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSize
-from PySide6.QtGui import QAbstractTextDocumentLayout, QPainter, QPalette, QTextBlockFormat, QTextCursor, QTextDocument
+from PySide6.QtCore import QAbstractItemModel, QEvent, QModelIndex, QObject, QPersistentModelIndex, QPointF, QSize, Qt, Signal
+from PySide6.QtGui import QAbstractTextDocumentLayout, QGuiApplication, QMouseEvent, QPainter, QPalette, QTextBlockFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from app.ui.chat.render import build_document
+from app.ui.chat.render import build_document, code_for_anchor
 from app.ui.chat.transcript import Roles
 
 PADDING = 10
@@ -29,6 +29,8 @@ def _wrap_code_lines(doc: QTextDocument) -> None:
 class MessageDelegate(QStyledItemDelegate):
     """Rendering Markdown is the costly part of a repaint, so finished documents are kept, keyed
     by everything they show; a streamed token changes the key of its own row only."""
+
+    sig_copied = Signal(str)  # a code block's text, just put on the clipboard by its "Copy" link
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -70,3 +72,19 @@ class MessageDelegate(QStyledItemDelegate):
         context = QAbstractTextDocumentLayout.PaintContext()
         doc.documentLayout().draw(painter, context)
         painter.restore()
+
+    def anchor_at(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex, point: QPointF) -> str:
+        """The link under ``point`` (view coordinates) in this row, or ""."""
+        doc = self._document(option, index)
+        local = QPointF(point.x() - option.rect.left() - PADDING, point.y() - option.rect.top() - PADDING)
+        return doc.documentLayout().anchorAt(local)
+
+    def editorEvent(self, event: QEvent, model: QAbstractItemModel, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> bool:
+        """A click on a code block's "Copy" link copies that block."""
+        if event.type() == QEvent.Type.MouseButtonRelease and isinstance(event, QMouseEvent) and event.button() == Qt.MouseButton.LeftButton:
+            code = code_for_anchor(index.data(Roles.TEXT) or "", self.anchor_at(option, index, event.position()))
+            if code is not None:
+                QGuiApplication.clipboard().setText(code)
+                self.sig_copied.emit(code)
+                return True
+        return super().editorEvent(event, model, option, index)

@@ -6,7 +6,7 @@ import html
 import re
 from typing import Any
 
-from PySide6.QtGui import QTextCursor, QTextDocument, QTextDocumentFragment
+from PySide6.QtGui import QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument, QTextDocumentFragment, QTextFormat
 
 from app.ui.chat.highlight import highlight_code_blocks
 
@@ -14,6 +14,7 @@ SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System prompt", 
 STATE_NOTES = {"streaming": " …", "interrupted": " (interrupted)", "failed": " (failed)"}
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 THINK_PREVIEW = 240
+COPY_ANCHOR = "copy-code:"  # the href of a code block's "Copy" link, followed by the block's number
 
 
 def split_thinking(text: str) -> tuple[str, str]:
@@ -57,9 +58,55 @@ def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stat
         start = cursor.position()
         cursor.insertFragment(QTextDocumentFragment.fromMarkdown(answer))
         highlight_code_blocks(doc, start)  # code blocks coloured by language
+        add_code_captions(doc, start)
     else:
         cursor.insertText(answer)
     extra = stats_html(stats)
     if extra:
         cursor.insertBlock()
         cursor.insertHtml(extra)
+
+
+def code_blocks(doc: QTextDocument, start: int = 0) -> list[tuple[str, str, int]]:
+    """(language, code, first block's position) for each fenced code block from ``start`` on."""
+    found: list[tuple[str, str, int]] = []
+    block = doc.findBlock(start)
+    lines: list[str] = []
+    lang, first = "", -1
+    while block.isValid():
+        fmt = block.blockFormat()
+        if fmt.property(QTextFormat.Property.BlockCodeFence):
+            if not lines:
+                lang, first = str(fmt.property(QTextFormat.Property.BlockCodeLanguage) or ""), block.position()
+            lines.append(block.text())
+        elif lines:
+            found.append((lang, "\n".join(lines), first))
+            lines = []
+        block = block.next()
+    if lines:
+        found.append((lang, "\n".join(lines), first))
+    return found
+
+
+def add_code_captions(doc: QTextDocument, start: int = 0) -> None:
+    """Above each code block, a line with its language and a "Copy" link (``copy-code:N``) that the
+    transcript's delegate answers by putting the block's code on the clipboard."""
+    for number, (lang, _code, first) in reversed(list(enumerate(code_blocks(doc, start)))):
+        cursor = QTextCursor(doc)
+        cursor.setPosition(first)
+        cursor.movePosition(QTextCursor.MoveOperation.PreviousCharacter)  # the end of the block before
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        label = html.escape(lang) if lang else "code"
+        cursor.insertHtml(f"<span style='color:#888; font-size:small'>{label} · </span>"
+                          f"<a href='{COPY_ANCHOR}{number}' style='font-size:small'>Copy</a>")
+
+
+def code_for_anchor(text: str, anchor: str) -> str | None:
+    """The code that a reply's ``copy-code:N`` link copies (None for any other link)."""
+    if not anchor.startswith(COPY_ANCHOR):
+        return None
+    doc = QTextDocument()
+    doc.setMarkdown(split_thinking(text)[1])
+    blocks = code_blocks(doc)
+    number = int(anchor.removeprefix(COPY_ANCHOR) or -1)
+    return blocks[number][1] if 0 <= number < len(blocks) else None
