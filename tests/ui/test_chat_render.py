@@ -125,3 +125,13 @@ def test_each_code_block_shows_its_language_and_a_copy_link_that_copies_it(qtbot
     assert QGuiApplication.clipboard().text() == "echo hi"
     qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=links["copy-code:0"])
     qtbot.waitUntil(lambda: QGuiApplication.clipboard().text() == "print(1)\nprint(2)", timeout=5000)
+
+
+def test_the_reply_line_and_the_context_bar_count_the_same_tokens(qtbot) -> None:  # type: ignore[no-untyped-def]
+    context = {"n_ctx": 8192, "prompt_tokens": 40, "completion_tokens": 79}
+    line = _doc("Hello.", stats={"tokens": 79, "tps": 10.0, "ttft_ms": 5, "context": context}).toPlainText()
+    bar = ContextBar()
+    qtbot.addWidget(bar)
+    bar.show_context(context)
+    assert "context 119/8192" in line
+    assert bar.bar.format() == "119 / 8192 tokens"

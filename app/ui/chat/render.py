@@ -29,6 +29,12 @@ def header_html(role: str, state: str, version: tuple[int, int] | None) -> str:
     return f"<div style='color:{color}; font-weight:600'>{SPEAKERS.get(role, role)}{STATE_NOTES.get(state, '')}{switcher}</div>"
 
 
+def tokens_in_context(context: dict[str, Any]) -> int:
+    """The conversation's tokens in the model's context after a reply: its prompt plus the reply.
+    The one count both the line under a reply and the context bar show."""
+    return int(context.get("prompt_tokens") or 0) + int(context.get("completion_tokens") or 0)
+
+
 def stats_html(stats: dict[str, Any]) -> str:
     if not stats or "tokens" not in stats:
         return ""
@@ -36,7 +42,7 @@ def stats_html(stats: dict[str, Any]) -> str:
             f"first token {stats.get('ttft_ms', 0):.0f} ms")
     context = stats.get("context") or {}
     if context.get("n_ctx"):
-        line += f" · context {context.get('prompt_tokens', 0)}/{context['n_ctx']}"
+        line += f" · context {tokens_in_context(context)}/{context['n_ctx']}"
     return f"<div style='color:#888; font-size:small'>{line}</div>"
 
 

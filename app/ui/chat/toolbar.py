@@ -7,6 +7,8 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
+from app.ui.chat.render import tokens_in_context
+
 DEFAULT_MODEL_TEXT = "Default model (loaded or built-in)"
 
 
@@ -87,8 +89,7 @@ class ContextBar(QWidget):
 
     def show_context(self, context: dict[str, Any] | None) -> None:
         context = context or {}
-        n_ctx, used = int(context.get("n_ctx") or 0), int(context.get("prompt_tokens") or 0)
-        used += int(context.get("completion_tokens") or 0)
+        n_ctx, used = int(context.get("n_ctx") or 0), tokens_in_context(context)
         self.setVisible(n_ctx > 0)
         if n_ctx > 0:
             self.bar.setRange(0, n_ctx)
