@@ -117,6 +117,19 @@ def save_preset(name: str, prompt: str, path: Path | None = None) -> None:
     _write(path, data)
 
 
+def delete_preset(name: str, path: Path | None = None) -> bool:
+    """Remove a user preset; built-in presets cannot be removed. True when one was removed."""
+    if name in BUILTIN_PRESETS:
+        raise ValueError(f"{name!r} is a built-in preset; only your own presets can be deleted")
+    path = path or presets_file()
+    data = _read(path)
+    if not isinstance(data.get(name), str):
+        return False
+    del data[name]
+    _write(path, data)
+    return True
+
+
 def idle_unload_minutes(path: Path | None = None) -> int:
     """After how many idle minutes the chat page unloads the model (0 = never, the default)."""
     value = _read(path or presets_file()).get(IDLE_KEY, 0)

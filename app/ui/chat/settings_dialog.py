@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
+    QMessageBox,
     QFormLayout,
     QHBoxLayout,
     QInputDialog,
@@ -61,6 +62,11 @@ class SettingsDialog(QDialog):
         self.preset.currentTextChanged.connect(lambda name: self.prompt.setPlainText(self.presets.get(name, "")))
         save = QPushButton("Save as preset…", self)
         save.clicked.connect(self._save_preset)
+        self.delete_preset = QPushButton("Delete preset", self)
+        self.delete_preset.setToolTip("Delete the chosen preset (your own; the built-in ones stay)")
+        self.delete_preset.setEnabled(False)
+        self.delete_preset.clicked.connect(self._delete_preset)
+        self.preset.currentTextChanged.connect(lambda name: self.delete_preset.setEnabled(name not in generation.BUILTIN_PRESETS and name in self.presets))
         self.prompt = QPlainTextEdit(system_prompt, self)
         self.prompt.setFixedHeight(90)
 
@@ -117,6 +123,7 @@ class SettingsDialog(QDialog):
         presets = QHBoxLayout()
         presets.addWidget(self.preset, 1)
         presets.addWidget(save)
+        presets.addWidget(self.delete_preset)
         form = QFormLayout(self)
         form.addRow("Preset", presets)
         form.addRow("System prompt", self.prompt)
@@ -174,9 +181,26 @@ class SettingsDialog(QDialog):
         name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")
         if ok and name.strip():
             generation.save_preset(name.strip(), self.system_prompt())
-            self.presets = generation.load_presets()
-            self.preset.blockSignals(True)
-            self.preset.clear()
-            self.preset.addItems(list(self.presets))
-            self.preset.setCurrentText(name.strip())
-            self.preset.blockSignals(False)
+            self._reload_presets(name.strip())
+
+    def _delete_preset(self) -> None:
+        """Delete the chosen user preset (asked first); the prompt in the box stays as it is."""
+        name = self.preset.currentText()
+        if name in generation.BUILTIN_PRESETS or name not in self.presets:
+            return
+        answer = QMessageBox.question(self, "Delete preset", f"Delete the preset “{name}”? The prompt stays in this conversation.")
+        if answer == QMessageBox.StandardButton.Yes:
+            generation.delete_preset(name)
+            self._reload_presets(None)
+
+    def _reload_presets(self, current: str | None) -> None:
+        self.presets = generation.load_presets()
+        self.preset.blockSignals(True)
+        self.preset.clear()
+        self.preset.addItems(list(self.presets))
+        if current is None:
+            self.preset.setCurrentIndex(-1)
+        else:
+            self.preset.setCurrentText(current)
+        self.preset.blockSignals(False)
+        self.delete_preset.setEnabled(current is not None and current not in generation.BUILTIN_PRESETS)
