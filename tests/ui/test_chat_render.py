@@ -135,3 +135,27 @@ def test_the_reply_line_and_the_context_bar_count_the_same_tokens(qtbot) -> None
     bar.show_context(context)
     assert "context 119/8192" in line
     assert bar.bar.format() == "119 / 8192 tokens"
+
+
+def test_the_model_picker_shows_the_whole_name_at_the_default_window_size(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtWidgets import QStyle, QStyleOptionComboBox
+
+    from app.ui.bridge import RuntimeBridge
+    from app.ui.main_window import MainWindow
+
+    window = MainWindow(RuntimeBridge())  # never started: only the widgets matter here
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    bar = window.chat_page.toolbar
+    bar.set_models([{"id": "a", "name": "SmolLM2-135M-Instruct", "quantization": "Q4_1"},
+                    {"id": "b", "name": "Meta-Llama-3.1-8B-Instruct", "quantization": "Q4_K_M"}])
+    for model_id in (None, "a", "b"):
+        bar.select_model(model_id)
+        qtbot.wait(10)  # one layout pass
+        combo = bar.models
+        option = QStyleOptionComboBox()
+        combo.initStyleOption(option)
+        field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option, QStyle.SubControl.SC_ComboBoxEditField, combo)
+        assert field.width() >= combo.fontMetrics().horizontalAdvance(combo.currentText()), combo.currentText()
+        assert combo.toolTip()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QStyle, QStyleOptionComboBox, QWidget
 
 from app.ui.chat.render import tokens_in_context
 
-DEFAULT_MODEL_TEXT = "Default model (loaded or built-in)"
+DEFAULT_MODEL_TEXT = "Default model"
+DEFAULT_MODEL_TIP = "The loaded model, or the built-in one when none is loaded"
+PICKER_MAX_WIDTH = 420  # pixels: wider names are elided, and shown whole in the list and the tooltip
 
 
 class ChatToolbar(QWidget):
@@ -24,8 +26,10 @@ class ChatToolbar(QWidget):
         super().__init__(parent)
         self.models = QComboBox(self)
         self.models.setAccessibleName("Model")
-        self.models.setMinimumContentsLength(24)
+        self.models.setMinimumContentsLength(16)
         self.models.addItem(DEFAULT_MODEL_TEXT, None)
+        self.models.setItemData(0, DEFAULT_MODEL_TIP, Qt.ItemDataRole.ToolTipRole)
+        self.models.currentIndexChanged.connect(self._fit_choice)
         self.unload_button = QPushButton("Unload", self)
         self.unload_button.setToolTip("Free the memory the loaded model uses")
         self.settings_button = QPushButton("Settings…", self)
@@ -51,12 +55,28 @@ class ChatToolbar(QWidget):
         current = self.current_model()
         self.models.clear()
         self.models.addItem(DEFAULT_MODEL_TEXT, None)
+        self.models.setItemData(0, DEFAULT_MODEL_TIP, Qt.ItemDataRole.ToolTipRole)
         for record in models:
             label = str(record.get("name") or record["id"])
             if record.get("quantization"):
                 label += f" · {record['quantization']}"
             self.models.addItem(label, str(record["id"]))
+            self.models.setItemData(self.models.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
         self.select_model(current)
+        # The list shows every name whole, however narrow the picker is.
+        widest = max((self.models.fontMetrics().horizontalAdvance(self.models.itemText(i)) for i in range(self.models.count())), default=0)
+        self.models.view().setMinimumWidth(widest + 40)
+
+    def _fit_choice(self) -> None:
+        """Make the picker as wide as the chosen model's name (up to a limit), so it is not cut off."""
+        text = self.models.currentText()
+        self.models.setToolTip(str(self.models.currentData(Qt.ItemDataRole.ToolTipRole) or text))
+        option = QStyleOptionComboBox()
+        self.models.initStyleOption(option)
+        option.currentText = text
+        needed = self.models.style().sizeFromContents(QStyle.ContentsType.CT_ComboBox, option,
+                                                      QSize(self.models.fontMetrics().horizontalAdvance(text), 0), self.models).width()
+        self.models.setMinimumWidth(min(needed, PICKER_MAX_WIDTH))
 
     def select_model(self, model_id: str | None) -> None:
         row = self.models.findData(model_id) if model_id is not None else 0
