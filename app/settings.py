@@ -1,8 +1,14 @@
 """Typed user settings with a schema version and migrations.
 
 The file is JSON in the user config folder. Unknown keys from a newer Hearth are kept, so that a
-downgrade never throws the user's choices away; a file that cannot be read is moved aside (never
-deleted) and defaults are used, with the reason logged.
+downgrade never throws the user's choices away; a file that cannot be read or understood (not a
+JSON object, a schema version below 1) is moved aside (never deleted) and defaults are used, with
+the reason logged. Every known field is checked for its type and range on load (`FIELD_CHECKS`):
+a wrong one falls back to its default with a logged warning, so a hand-edited `"model_dirs": "/x"`
+never becomes the folders "/" and "x".
+
+The file holds secrets (the server's API key, remote engines' keys), so it is written readable by
+its owner only (0600) and `Settings` never shows a key in its repr (logs, tracebacks).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
+SECRET_MASK = "***"
+
+
 @dataclass
 class Settings:
     schema_version: int = SCHEMA_VERSION
@@ -58,11 +67,36 @@ class Settings:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Settings:
+        """Raises UnreadableSettings for what cannot be understood as a whole (not an object,
+        a bad schema version); a single bad field falls back to its default with a warning."""
+        if not isinstance(raw, dict):
+            raise UnreadableSettings(f"the file holds {type(raw).__name__}, not a JSON object")
         raw = migrate(dict(raw))
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known and k != "extra"}
-        extra = {k: v for k, v in raw.items() if k not in known}
+        known = {f.name for f in fields(cls)} - {"extra"}
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for name in known & raw.keys():
+            problem = FIELD_CHECKS[name](raw[name])
+            if problem is None:
+                values[name] = raw[name]
+            else:
+                shown = SECRET_MASK if name in SECRET_FIELDS else _short(raw[name])
+                log.warning("settings: %s %s (found %s); using the default, %s", name, problem, shown,
+                            _short(getattr(defaults, name)))
+        extra = {k: v for k, v in raw.items() if k not in known and k != "extra"}
         return cls(**values, extra=extra)
+
+    def __repr__(self) -> str:
+        """Every field, with API keys masked: a logged Settings must not leak one."""
+        shown = self.to_dict()
+        for name in SECRET_FIELDS:
+            if shown.get(name):
+                shown[name] = SECRET_MASK
+        shown["remote_endpoints"] = [
+            {k: (SECRET_MASK if k == "api_key" and v else v) for k, v in e.items()} if isinstance(e, dict) else e
+            for e in self.remote_endpoints
+        ]
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,8 +104,99 @@ class Settings:
         return {**extra, **data}
 
 
+class UnreadableSettings(ValueError):
+    """A settings file that cannot be understood as a whole; `load` moves it aside."""
+
+
+SECRET_FIELDS = ("server_api_key",)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_in(low: int, high: int, *, optional: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not _is_int(value) or not low <= value <= high:
+            auto = " or null (automatic)" if optional else ""
+            return f"must be a whole number from {low:,} to {high:,}{auto}"
+        return None
+    return check
+
+
+def _text(*, optional: bool = False, choices: tuple[str, ...] = (), nonempty: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or (nonempty and not value.strip()) or (choices and value not in choices):
+            allowed = f"one of {', '.join(choices)}" if choices else "text"
+            return f"must be {allowed}{' or null' if optional else ''}"
+        return None
+    return check
+
+
+def _text_list(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        return "must be a list of texts"
+    return None
+
+
+def _text_map(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return "must be an object of texts"
+    return None
+
+
+def _endpoints(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of engines"
+    for entry in value:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "url")):
+            return "must be a list of engines, each with a text name and url"
+        if entry.get("api_key") is not None and not isinstance(entry["api_key"], str):
+            return "must hold text API keys"
+    return None
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+THEMES = ("system", "light", "dark")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+# One check per field: None if the value is usable, else what it must be.
+FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "schema_version": _int_in(1, 1_000_000),
+    "model_dirs": _text_list,
+    "default_model": _text(optional=True),
+    "default_backend": _text(nonempty=True),
+    "n_threads": _int_in(1, 1024, optional=True),
+    "context_length": _int_in(128, 1_048_576, optional=True),
+    "model_backends": _text_map,
+    "theme": _text(choices=THEMES),
+    "first_run_done": _flag,
+    "server_host": _text(nonempty=True),
+    "server_port": _int_in(1, 65535),
+    "server_api_key": _text(optional=True),
+    "server_cors_origins": _text_list,
+    "server_queue_limit": _int_in(1, 1_000_000),
+    "server_max_tokens": _int_in(1, 10_000_000),
+    "remote_endpoints": _endpoints,
+}
+
+
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
-    version = int(raw.get("schema_version", 1))
+    version = raw.get("schema_version", 1)
+    if not _is_int(version) or version < 1:
+        raise UnreadableSettings(f"schema_version {_short(version)} is not a version Hearth ever wrote")
     while version < SCHEMA_VERSION:
         raw = MIGRATIONS[version](raw)
         version += 1
@@ -84,35 +209,64 @@ def load(path: Path | None = None) -> Settings:
     if not path.exists():
         return Settings()
     try:
-        return Settings.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
-        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-        log.warning("settings file %s is unreadable (%s); moved to %s, using defaults", path, exc, aside)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        return _unreadable(path, exc)
+    try:
+        return Settings.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        return _unreadable(path, exc)
+
+
+def _unreadable(path: Path, why: BaseException) -> Settings:
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    log.warning("settings file %s is unreadable (%s); moved to %s, using defaults", path, why, aside)
+    try:
         path.replace(aside)
-        return Settings()
+        aside.chmod(SECRET_MODE)  # it may hold keys: keep it private, wherever it goes
+    except OSError:
+        log.exception("the unreadable settings file %s could not be moved aside", path)
+    return Settings()
+
+
+SECRET_MODE = 0o600
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, readable and writable by its owner only.
+
+    The temporary file is created 0600 (and forced to it, should a stale one exist), and the
+    rename keeps that mode, so the file is never readable by others, not even for an instant; an
+    existing file's looser mode is replaced on this write. A crash mid-write leaves the previous
+    file intact.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, SECRET_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fd = -1
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    os.replace(tmp, path)
 
 
 def save(settings: Settings, path: Path | None = None) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    path = path or paths().settings_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(settings.to_dict(), fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-THEMES = ("system", "light", "dark")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+    """Write atomically, mode 0600 (the file holds API keys)."""
+    write_secret_file(path or paths().settings_file, json.dumps(settings.to_dict(), indent=2))
 
 
 def validate(settings: Settings) -> list[str]:
     """What is wrong with these settings, one sentence a person can act on per problem ([] = fine).
 
-    Checked where a person edits them (the Settings page) rather than on load, so that a file
-    edited by hand still opens and the page can point at the field to fix."""
+    Types and single-field ranges are also checked on load (`FIELD_CHECKS`); these are the rules a
+    person meets while editing (the Settings page), with sentences that point at the field."""
     problems: list[str] = []
     if settings.theme not in THEMES:
         problems.append(f"Theme must be one of {', '.join(THEMES)}, not {settings.theme!r}.")

@@ -1,8 +1,10 @@
 """The conversation store: every chat Hearth has had, in one SQLite file.
 
 Qt-free and torch-free (standard library only) so that the GUI process can own it and a worker
-crash never touches it. Open with `ChatStore(paths().chats_db)`; see `store` for the operations
-and `schema` for durability choices.
+crash never touches it. The studio opens it with `open_history(paths().chats_db)`, which moves a
+damaged file aside, salvages it and keeps daily backups (`opening`, `salvage`, `backups`);
+`ChatStore(path)` is the store itself; see `store` for the operations and `schema` for durability
+choices.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from app.chats.errors import (
     ChatImportError,
     ChatStoreError,
+    DatabaseDamaged,
     DatabaseUnreadable,
     InvalidOperation,
     NotFound,
@@ -23,6 +26,7 @@ from app.chats.models import (
     Role,
     SearchHit,
 )
+from app.chats.opening import open_history
 from app.chats.schema import SCHEMA_VERSION
 from app.chats.store import ChatStore
 
@@ -33,6 +37,7 @@ __all__ = [
     "ChatStoreError",
     "Conversation",
     "ConversationSnapshot",
+    "DatabaseDamaged",
     "DatabaseUnreadable",
     "InvalidOperation",
     "Message",
@@ -41,4 +46,5 @@ __all__ = [
     "Role",
     "SchemaTooNew",
     "SearchHit",
+    "open_history",
 ]

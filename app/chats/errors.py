@@ -20,6 +20,14 @@ class DatabaseUnreadable(ChatStoreError):
     """
 
 
+class DatabaseDamaged(DatabaseUnreadable):
+    """The chat file is damaged (failed `PRAGMA quick_check`, is empty, or is not a database).
+
+    `ChatStore` itself still leaves such a file alone; `open_history` moves it aside and salvages
+    what it can, so that damage never locks a person out of the studio.
+    """
+
+
 class SchemaTooNew(ChatStoreError):
     """The file was written by a newer Hearth; this version must not touch it."""
 

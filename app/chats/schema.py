@@ -14,6 +14,11 @@ Connection settings, and why:
 - foreign keys on (deleting a conversation removes its messages), and a busy timeout so that a
   second process (the CLI) waits for a lock instead of failing at once.
 
+Every open runs `PRAGMA quick_check` before anything is read or written: a damaged file is
+refused with `DatabaseDamaged` (and `open_history` then moves it aside and salvages it), rather
+than opened and written into. A new file is built under a temporary name and linked into place,
+so a chat file of 0 bytes is always damage (a truncated file), never "a new history".
+
 The schema version lives in `PRAGMA user_version`. `MIGRATIONS[n - 1]` turns version n - 1 into
 version n; each step runs in its own write transaction together with the version bump, so a crash
 mid-migration leaves the previous version intact and the next open runs the step again.
@@ -22,17 +27,20 @@ mid-migration leaves the previous version intact and the next open runs the step
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from app.chats.errors import DatabaseUnreadable, SchemaTooNew
+from app.chats.errors import DatabaseDamaged, DatabaseUnreadable, SchemaTooNew
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 _SQLITE_CORRUPT = 11  # primary result codes, named in sqlite3 only from Python 3.11
 _SQLITE_NOTADB = 26
+QUICK_CHECK_ROWS = 8  # problems named in the error; one is enough to refuse the file
+MEMORY = ":memory:"
 
 
 def _v1_base(db: sqlite3.Connection) -> None:
@@ -160,22 +168,34 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and configure the database, then migrate it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # isolation_level=None: the store issues BEGIN/COMMIT itself (BEGIN IMMEDIATE for writes).
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise _unreadable(path, exc) from exc
+    """Open (creating if needed), check and configure the database, then migrate it.
+
+    Raises DatabaseDamaged for a file that fails the check, DatabaseUnreadable for one that
+    cannot be opened at all, SchemaTooNew for a newer Hearth's file; none of them is changed.
+    """
+    if str(path) != MEMORY:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                _create(path)
+            empty = path.is_file() and path.stat().st_size == 0
+        except OSError as exc:
+            raise DatabaseUnreadable(
+                f"Hearth cannot create or read the chat file {path} ({exc}). Check that the folder"
+                " exists and is writable."
+            ) from exc
+        if empty:
+            raise DatabaseDamaged(
+                f"The chat file {path} is empty (0 bytes): it was truncated, so the history it"
+                " held is gone from it. Hearth has left it untouched."
+            )
+    checked = str(path) != MEMORY and _check_read_only(path)
+    db = _open(path)
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            # Some network file systems cannot share WAL memory. The rollback journal is slower
-            # but just as safe, so chatting beats refusing to open.
-            log.warning("chat file %s cannot use WAL; using journal mode %s", path, mode)
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
+        if not checked:
+            _refuse_if_damaged(path, quick_check(db))
+        _configure(db, path)
         migrate(db, path)
     except sqlite3.Error as exc:
         db.close()
@@ -186,12 +206,113 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _unreadable(path: Path, exc: sqlite3.Error) -> DatabaseUnreadable:
+def quick_check(db: sqlite3.Connection) -> list[str]:
+    """What `PRAGMA quick_check` finds wrong ([] = the file is sound).
+
+    quick_check reads every page and checks the b-trees and records, but not that indexes match
+    their tables (integrity_check does, at several times the cost): enough to catch zeroed pages
+    and overwritten bytes on every open while a large history still opens in well under a second.
+    """
+    rows = [str(row[0]) for row in db.execute(f"PRAGMA quick_check({QUICK_CHECK_ROWS})")]
+    return [] if rows == ["ok"] else rows
+
+
+def _check_read_only(path: Path) -> bool:
+    """Run the check on a read-only connection; True when it ran (and passed).
+
+    Read-only, because closing the last read-write connection to a WAL file checkpoints the -wal
+    into it: a damaged file must reach `open_history` exactly as it was found, -wal included.
+    False when a read-only connection cannot be had (a folder where the -shm cannot be made);
+    the caller then checks on its own connection.
+    """
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        return False
+    try:
+        problems = quick_check(db)
+    except sqlite3.Error as exc:
+        if is_damage(exc):
+            raise _unreadable(path, exc) from exc
+        return False
+    finally:
+        db.close()
+    _refuse_if_damaged(path, problems)
+    return True
+
+
+def _refuse_if_damaged(path: Path, problems: list[str]) -> None:
+    if problems:
+        raise DatabaseDamaged(
+            f"The chat file {path} is damaged ({'; '.join(problems[:3])})."
+            " Hearth has left it untouched."
+        )
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        # isolation_level=None: the store issues BEGIN/COMMIT itself (BEGIN IMMEDIATE for writes).
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _configure(db: sqlite3.Connection, path: Path) -> None:
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal" and str(path) != MEMORY:
+        # Some network file systems cannot share WAL memory. The rollback journal is slower
+        # but just as safe, so chatting beats refusing to open.
+        log.warning("chat file %s cannot use WAL; using journal mode %s", path, mode)
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+
+
+def _create(path: Path) -> None:
+    """Build an empty database beside `path` and link it into place (`migrate` then runs on it).
+
+    sqlite3 creates a 0-byte file the moment it opens a new name; building under another name
+    means a crash during the first start never leaves an empty `path`, which is what lets an
+    empty file count as damage. The link never replaces a file another process made meanwhile.
+    """
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    for leftover in (tmp, *sidecars(tmp)):
+        leftover.unlink(missing_ok=True)
+    db = _open(tmp)
+    try:
+        _configure(db, tmp)  # switching to WAL writes the header page: the file is never empty
+    except sqlite3.Error as exc:
+        raise _unreadable(tmp, exc) from exc
+    finally:
+        db.close()  # the last connection out checkpoints and removes the -wal and -shm files
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    except OSError:
+        if not path.exists():
+            os.replace(tmp, path)  # a file system without hard links
+    finally:
+        for leftover in (tmp, *sidecars(tmp)):
+            leftover.unlink(missing_ok=True)
+
+
+def sidecars(path: Path) -> tuple[Path, ...]:
+    """The files SQLite keeps beside a database; they belong to it and move with it."""
+    return tuple(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether a sqlite3 error says the file is damaged or not a database at all."""
     code = getattr(exc, "sqlite_errorcode", None)  # an extended code; the low byte is primary
-    if (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)) or (
+    return (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)) or (
         "not a database" in str(exc) or "malformed" in str(exc)
-    ):
-        return DatabaseUnreadable(
+    )
+
+
+def _unreadable(path: Path, exc: sqlite3.Error) -> DatabaseUnreadable:
+    if is_damage(exc):
+        return DatabaseDamaged(
             f"The chat file {path} is damaged or is not a Hearth chat database ({exc})."
             " Hearth has left it untouched; move it aside to start with an empty history."
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 from app.chats import records, schema, transfer, tree
 from app.chats import search as fts
-from app.chats.errors import InvalidOperation
+from app.chats.errors import DatabaseDamaged, InvalidOperation
 from app.chats.models import (
     Conversation,
     ConversationSnapshot,
@@ -62,6 +62,9 @@ class ChatStore:
         """
         self.path = Path(path)
         self._clock = clock
+        # What opening this history had to do that the person must hear about (a damaged file
+        # moved aside and salvaged, a history that could not be opened); set by `open_history`.
+        self.notice: str | None = None
         self._db: sqlite3.Connection | None = schema.connect(self.path)
         self._db.row_factory = sqlite3.Row
         if recover:
@@ -84,6 +87,16 @@ class ChatStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def backup_to(self, target: str | os.PathLike[str]) -> None:
+        """A consistent copy of the whole history at `target`, through SQLite's backup API
+        (safe while this connection is in use), as a single file with no `-wal` beside it."""
+        dest = sqlite3.connect(target)
+        try:
+            self._conn().backup(dest)
+            dest.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dest.close()
 
     def recover(self) -> list[int]:
         """Mark replies left `streaming` by a killed app as `interrupted`, keeping their text."""
@@ -362,13 +375,20 @@ class ChatStore:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front so a second
         process waits (busy timeout) instead of failing half-way."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            if schema.is_damage(exc):  # a typed error the caller can act on, never a raw one
+                raise DatabaseDamaged(
+                    f"The chat file {self.path} is damaged ({exc}); nothing was changed."
+                    " Restart Hearth to move it aside and save what can be read.") from exc
             raise
 
     def _touch(self, db: sqlite3.Connection, conversation_id: int) -> None:

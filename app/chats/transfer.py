@@ -18,6 +18,10 @@ from app.chats.errors import ChatImportError
 from app.chats.models import Conversation, ConversationSnapshot, Message, MessageState, Role
 from app.chats.tree import active_path, number_versions, parents_first
 
+# Keys never written into an export, at any depth of a conversation's settings or a message's
+# meta: an export is made to be shared, and a key copied into either must not travel with it.
+SECRET_KEYS = frozenset({"api_key", "apikey", "server_api_key", "authorization", "password", "secret",
+                         "access_token", "hf_token", "token_secret"})
 FORMAT = "hearth.conversation"
 FORMAT_VERSION = 1
 _ROLE_TITLES = {Role.SYSTEM: "System", Role.USER: "User", Role.ASSISTANT: "Assistant"}
@@ -52,7 +56,7 @@ def to_json(snapshot: ConversationSnapshot) -> str:
         "updated_at": conv.updated_at,
         "system_prompt": conv.system_prompt,
         "model_id": conv.model_id,
-        "settings": conv.settings,
+        "settings": without_secrets(conv.settings),
         "messages": [
             {
                 "parent": None if m.parent_id is None else index[m.parent_id],
@@ -60,13 +64,22 @@ def to_json(snapshot: ConversationSnapshot) -> str:
                 "role": m.role.value,
                 "content": m.content,
                 "state": m.state.value,
-                "meta": m.meta,
+                "meta": without_secrets(m.meta),
                 "created_at": m.created_at,
             }
             for m in ordered
         ],
     }
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def without_secrets(value: Any) -> Any:
+    """`value` with every SECRET_KEYS entry removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items() if str(k).lower() not in SECRET_KEYS}
+    if isinstance(value, list):
+        return [without_secrets(v) for v in value]
+    return value
 
 
 def from_json(text: str | bytes, *, now: float) -> ConversationSnapshot:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -10,6 +12,9 @@ from PySide6.QtGui import QMouseEvent, QShowEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QMessageBox, QStackedWidget, QWidget
 
 from app import APP_NAME
+from app.chats import ChatStoreError, backups, open_history
+from app.chats.schema import MEMORY
+from app.paths import paths
 from app.runtime.protocol import Method
 from app.ui import resources
 from app.ui.bridge import RuntimeBridge
@@ -124,6 +129,8 @@ class MainWindow(QMainWindow):
         self._memory_timer = QTimer(self)
         self._memory_timer.timeout.connect(self._update_memory)
         self._memory_timer.start(MEMORY_POLL_MS)
+        self.settings_page.sig_restore_backup.connect(self.restore_chats)
+        self.notice_box: QMessageBox | None = None  # what opening the chat history had to tell
 
     @property
     def bridge(self) -> RuntimeBridge:
@@ -176,6 +183,37 @@ class MainWindow(QMainWindow):
         if not self._shown:
             self._shown = True
             self.sig_shown.emit()
+            QTimer.singleShot(0, self.show_store_notice)
+
+    def show_store_notice(self) -> None:
+        """Tell the person, once, what opening the chat history had to do (a damaged file moved
+        aside and salvaged, a history that could not be opened): `ChatStore.notice`."""
+        notice, self.chat_page.store.notice = self.chat_page.store.notice, None
+        if not notice:
+            return
+        box = QMessageBox(QMessageBox.Icon.Warning, "Your chat history", notice, QMessageBox.StandardButton.Ok, self)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # the path can be copied
+        box.open()  # window-modal, never blocks the event loop
+        self.notice_box = box
+
+    def restore_chats(self, backup: Path) -> None:
+        """Settings' "Restore a backup…": close the history, move it aside, put the backup in its
+        place and open it; takes effect at once."""
+        page, status = self.chat_page, self.settings_page.status
+        if page.busy:
+            status.setText("Not restored: a reply is being written. Stop it, then restore.")
+            return
+        path = page.store.path if str(page.store.path) != MEMORY else paths().chats_db
+        page.replies.abandon()
+        page.store.close()
+        try:
+            moved = backups.restore(backup, path, now=datetime.now())
+        except (ChatStoreError, OSError) as exc:
+            status.setText(f"Not restored: {exc}")
+        else:
+            status.setText(f"Restored the backup {backup.name}. Your previous history is kept at {moved}.")
+        page.set_store(open_history(path))
+        self.show_store_notice()
 
     def load_model(self, model_id: str) -> None:
         self.chat_page.model = model_id

@@ -8,15 +8,13 @@ one owner (the page), opened here by `open_store`.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QPushButton, QVBoxLayout, QWidget
 
-from app.chats import ChatStore, ChatStoreError, Conversation, SearchHit
+from app.chats import ChatStore, Conversation, SearchHit, open_history
 from app.paths import paths
 
 Index = QModelIndex | QPersistentModelIndex
@@ -26,13 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def open_store() -> ChatStore:
-    """The user's chat history; if that file cannot be opened, a throw-away one, so the studio
-    still starts (the damaged file is left untouched for the user to recover)."""
+    """The user's chat history, whatever state its file is in (`open_history`: a damaged file is
+    moved aside and salvaged, one that cannot be opened leaves an in-memory history); what the
+    person must hear about is in `store.notice`, which the main window shows."""
     try:
-        return ChatStore(paths().ensure().chats_db)
-    except ChatStoreError:
-        log.exception("cannot open the chat history; this session's chats will not be kept")
-        return ChatStore(Path(tempfile.mkdtemp(prefix="hearth-chats-")) / "chats.sqlite3")
+        paths().ensure()
+    except OSError:
+        log.exception("Hearth's folders cannot be created")  # open_history says so in the window
+    return open_history(paths().chats_db)
 
 
 @dataclass(frozen=True)

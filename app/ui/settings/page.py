@@ -36,8 +36,10 @@ from PySide6.QtWidgets import (
 )
 
 from app import settings as settings_module
+from app.chats import backups
 from app.paths import paths
 from app.settings import Settings
+from app.ui.settings.backups import BackupDialog
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ def _spin(minimum: int, maximum: int, *, step: int = 1, auto: str | None = None)
 class SettingsPage(QWidget):
     sig_saved = Signal(object)  # the Settings as saved
     sig_theme_changed = Signal(str)  # the theme setting, when a save changed it
+    sig_restore_backup = Signal(object)  # Path of the chat backup the person chose to restore
 
     def __init__(self, parent: QWidget | None = None, *, path: Path | None = None) -> None:
         super().__init__(parent)
@@ -177,6 +180,14 @@ class SettingsPage(QWidget):
         self.locations = QGridLayout()
         data_layout.addLayout(self.locations)
         self._fill_locations()
+        self.restore_button = QPushButton("Restore a backup…")
+        self.restore_button.setToolTip("Go back to one of the daily copies of your conversations")
+        self.restore_button.clicked.connect(self.choose_backup)
+        self.backup_dialog: BackupDialog | None = None
+        restore_row = QHBoxLayout()
+        restore_row.addWidget(self._muted("Your conversations are copied once a day; the last seven copies are kept."), 1)
+        restore_row.addWidget(self.restore_button)
+        data_layout.addLayout(restore_row)
 
         # Save
         self.save_button = QPushButton("Save")
@@ -307,6 +318,20 @@ class SettingsPage(QWidget):
         if theme_changed:
             self.sig_theme_changed.emit(merged.theme)
         return []
+
+    def choose_backup(self) -> BackupDialog:
+        """Open the list of chat backups (window-modal, non-blocking); accepting one emits
+        `sig_restore_backup`, which the main window carries out."""
+        dialog = BackupDialog(backups.folder_for(paths().chats_db), self)
+        dialog.accepted.connect(lambda: self._restore_chosen(dialog))
+        dialog.open()
+        self.backup_dialog = dialog
+        return dialog
+
+    def _restore_chosen(self, dialog: BackupDialog) -> None:
+        chosen = dialog.chosen()
+        if chosen is not None:
+            self.sig_restore_backup.emit(chosen)
 
     # ---- editing ------------------------------------------------------------------------------
 
