@@ -100,3 +100,17 @@ def test_a_conversation_export_carries_no_key(tmp_path: Path) -> None:
     assert "sk-in-settings" not in exported and "sk-x" not in exported
     doc = json.loads(exported)
     assert doc["settings"] == {"temperature": 0.3} and doc["messages"][0]["meta"] == {"remote": {}, "tokens": 3}
+
+
+def test_a_remote_endpoint_key_is_never_in_its_repr_or_its_errors() -> None:
+    from app.runtime.backends.remote import Endpoint
+    from app.runtime.protocol import RuntimeFailure
+
+    endpoint = Endpoint.from_dict({"name": "lab", "url": "http://127.0.0.1:9/v1", "api_key": "sk-very-secret"})
+    assert endpoint.api_key == "sk-very-secret" and "sk-very-secret" not in repr(endpoint)
+    try:
+        Endpoint.from_dict({"name": "lab/1", "url": "http://127.0.0.1:9", "api_key": "sk-very-secret"})
+    except RuntimeFailure as exc:
+        assert "sk-very-secret" not in exc.message and "lab/1" in exc.message
+    else:
+        raise AssertionError("a name with '/' must be refused")

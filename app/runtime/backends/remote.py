@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -35,13 +35,13 @@ LIST_TIMEOUT = 3.0  # the library listing must stay quick even when a remote is 
 class Endpoint:
     name: str
     url: str  # the base URL, ending in /v1
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line or a traceback
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Endpoint:
         name, url = raw.get("name"), raw.get("url")
         if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"A remote endpoint needs a name without '/': {raw!r}")
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"A remote endpoint needs a name without '/': {name!r} (at {url!r})")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Remote endpoint {name!r} needs an http:// or https:// URL, not {url!r}.")
         base = url.rstrip("/")
