@@ -1,7 +1,8 @@
 """Entry point of `hearth` and `python -m app`: the studio, the worker, or a CLI subcommand.
 
 Kept tiny on purpose: the GUI's start path must not import the runtime's heavy libraries, and the
-worker and dry-run flags are routed before anything else is imported.
+worker (``--worker``) and child-job (``--child ROLE``) flags are routed before anything else is
+imported. A frozen build has no ``python -m``: the launcher re-runs this executable with them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if getattr(sys, "frozen", False):
         _frozen_start_up()
-    from app.runtime.launcher import CHILD_FLAG, DRY_RUN_FLAG, WORKER_FLAG
+    from app.runtime.launcher import CHILD_FLAG, WORKER_FLAG
 
     if args[:1] == [WORKER_FLAG]:
         from app.runtime.worker import main as worker_main
@@ -21,18 +22,6 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main()
     if args[:1] == [CHILD_FLAG] and len(args) == 2:
         return _child(args[1])
-    if args[:1] == [DRY_RUN_FLAG]:
-        from app.runtime.planner.dryrun import child_main
-
-        return child_main()
-    if args[:1] == ["--quantize-child"]:  # a frozen build has no `python -m`: children re-run this executable
-        from app.runtime.quantize.child import main as quantize_child
-
-        return quantize_child(args[1:])
-    if args[:1] == ["--finetune-child"]:
-        from app.runtime.finetune.child import main as finetune_child
-
-        return finetune_child(args[1:])
     if not args or args[0].startswith("--gui") or args[0] == "--self-test":
         from app.ui.app import main as gui_main
 

@@ -11,7 +11,9 @@ removed whenever the child does not succeed; then the job ends as `JobStopped`.
 
 Child side, `serve`: what ``hearth --child ROLE`` runs (routed in `app.__main__`): it takes the
 real stdout for events, reads its params, exits by itself when stdin closes (the parent died), and
-turns the entry function's return or exception into the one final event.
+turns the entry function's return or exception into the one final event. It ignores SIGINT: a
+Ctrl-C in a terminal reaches the whole process group, and it is the parent that decides (a CLI
+turns it into a cancel, which kills the child).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -39,6 +42,17 @@ log = logging.getLogger(__name__)
 FAILED = 2  # the child's exit status after a final error event
 TAIL_LINES = 60
 KILL_POLL_SECONDS = 0.1
+
+
+class ChildFailed(RuntimeFailure):
+    """A child that ended without its final word: it crashed, was killed from outside, or ran past
+    its timeout. ``exit_code`` is its exit status (negative: the signal); callers that know what
+    the child was doing reword it (the dry run: "llama.cpp crashed while checking ...")."""
+
+    def __init__(self, message: str, *, exit_code: int, timed_out: bool = False, detail: str = "") -> None:
+        super().__init__(ErrorKind.INTERNAL, message, detail=detail)
+        self.exit_code = exit_code
+        self.timed_out = timed_out
 
 
 def run_child(
@@ -60,7 +74,8 @@ def run_child(
     ``what`` names the work in messages ("the quantization to Q4_K_M"). ``on_progress`` sees each
     progress record first (default: relayed to ``ctx``). ``classify(stderr_tail, exit_code)`` may
     turn a failure into a better-worded one (a full disk). Raises `JobStopped` after a cancel or
-    pause, `RuntimeFailure` on any failure, with the tail of the child's stderr as its detail.
+    pause, `RuntimeFailure` on any failure, with the tail of the child's stderr as its detail:
+    the child's own error with its kind, or `ChildFailed` when it crashed or timed out.
     """
     partial = list(partial)
     command = launcher.child_command(role)
@@ -129,7 +144,7 @@ def run_child(
         return dict(final.data)
     _remove(partial)
     if timed_out.is_set():
-        raise RuntimeFailure(ErrorKind.INTERNAL, f"{what[:1].upper()}{what[1:]} did not finish within {timeout:.0f} s and was stopped.", detail=said[-4000:])
+        raise ChildFailed(f"{what[:1].upper()}{what[1:]} did not finish within {timeout:g} s and was stopped.", exit_code=code, timed_out=True, detail=said[-4000:])
     better = classify(said, code) if classify is not None else None
     if better is not None:
         raise better
@@ -140,7 +155,7 @@ def run_child(
         except ValueError:
             kind = ErrorKind.INTERNAL
         raise RuntimeFailure(kind, str(data.get("message", "")), detail=str(data.get("detail") or said[-4000:]))
-    raise RuntimeFailure(ErrorKind.INTERNAL, f"{what[:1].upper()}{what[1:]} stopped unexpectedly ({exit_words(code)}): {_last_error(tail)}", detail=said[-4000:])
+    raise ChildFailed(f"{what[:1].upper()}{what[1:]} stopped unexpectedly ({exit_words(code)}): {last_error(tail)}", exit_code=code, detail=said[-4000:])
 
 
 def exit_words(code: int) -> str:
@@ -153,7 +168,8 @@ def exit_words(code: int) -> str:
     return f"exit status {code}"
 
 
-def _last_error(tail: Iterable[str]) -> str:
+def last_error(tail: Iterable[str]) -> str:
+    """The line of a stderr tail that most likely says what went wrong."""
     lines = list(tail)
     errors = [line for line in lines if re.search(r"error|exception|failed|Traceback|refus|abort", line, re.IGNORECASE)]
     return errors[-1] if errors else (lines[-1] if lines else "it said nothing")
@@ -188,13 +204,12 @@ def _read_stderr(proc: subprocess.Popen[bytes], tail: collections.deque[str], on
 
 def _watch(proc: subprocess.Popen[bytes], ctx: JobContext | None, stopped: threading.Event, timed_out: threading.Event, timeout: float | None) -> None:
     """Kill the child when the job is cancelled or paused, or when it runs past ``timeout``."""
-    waited = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not stopped.wait(KILL_POLL_SECONDS):
-        waited += KILL_POLL_SECONDS
         if ctx is not None and ctx.stop_requested is not None:
             _kill(proc)
             return
-        if timeout is not None and waited > timeout:
+        if deadline is not None and time.monotonic() > deadline:
             timed_out.set()
             _kill(proc)
             return
@@ -241,6 +256,7 @@ def serve(entry: Entry, role: str) -> int:
             except (BrokenPipeError, ValueError, OSError):
                 os._exit(launcher.EXIT_ORPHANED)  # nobody is listening any more
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     line = sys.stdin.buffer.readline()
     launcher.exit_when_stdin_closes()
     ctx = JobContext(role, emit)
@@ -268,9 +284,9 @@ def serve(entry: Entry, role: str) -> int:
 
 def selftest_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """A child that does what its params say, for the tests of this helper (and the frozen
-    build's self-test): report progress, print to stdout and stderr, sleep, fail, or crash."""
-    import time
-
+    build's self-test): report progress, print to stdout and stderr, write a file, sleep, fail,
+    exit without a word, or crash. Its first progress record ("start") carries its pid."""
+    ctx.progress("start", message="selftest child running", pid=os.getpid())
     for i in range(int(params.get("steps", 0))):
         ctx.progress("step", done=i + 1, total=int(params["steps"]), unit="steps", message=f"step {i + 1}")
     if params.get("print"):
@@ -282,6 +298,8 @@ def selftest_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         time.sleep(float(params["sleep"]))
     if params.get("fail"):
         raise RuntimeFailure(ErrorKind(params.get("fail_kind", "internal")), str(params["fail"]))
+    if params.get("exit") is not None:
+        os._exit(int(params["exit"]))  # no final word, as a process that dies in native code
     if params.get("crash"):
         sys.stderr.write("about to abort: simulated native crash\n")
         sys.stderr.flush()

@@ -1,8 +1,10 @@
 """The worker process: protocol lines in on stdin, events out on the real stdout.
 
-At start, fd 1 is duplicated for the protocol and then re-pointed at stderr, so a chatty native
-library (llama.cpp prints to stdout) can never corrupt the stream. The worker exits by itself
-when its stdin closes or its parent dies, so no orphan keeps a model in memory.
+At start the launcher's `take_stdout` keeps the real fd 1 for the protocol and points fd 1 at
+stderr, so a chatty native library (llama.cpp prints to stdout) can never corrupt the stream. The
+worker exits by itself when its stdin closes -- which is also how it sees its parent die: the
+parent's end of the pipe closes with it -- so no orphan keeps a model in memory; its child jobs
+see the worker's end of their own stdin close and leave the same way (`app.runtime.childjob`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,16 @@ import logging.handlers
 import os
 import sys
 import threading
-from typing import BinaryIO
 
+from app.runtime.launcher import take_stdout
 from app.runtime.protocol import Event
 
 log = logging.getLogger("app.runtime.worker")
 
-PARENT_POLL_SECONDS = 1.0
-
 
 def main() -> int:
-    protocol_out = _take_stdout()
+    protocol_out = take_stdout()
     _setup_logging()
-    _watch_parent()
     _limit_memory()
 
     from app.runtime.dispatcher import Dispatcher  # after the fd swap: imports may print
@@ -71,13 +70,6 @@ def _limit_memory() -> None:
         log.error("memory limit not applied: %s", exc.message)
 
 
-def _take_stdout() -> BinaryIO:
-    protocol_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(protocol_fd, "wb", buffering=0)
-
-
 def _setup_logging() -> None:
     from app.paths import paths
 
@@ -91,22 +83,3 @@ def _setup_logging() -> None:
         print(f"hearth worker: cannot write the log file: {exc}", file=sys.stderr)
     logging.basicConfig(level=level, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s", handlers=handlers)
 
-
-def _watch_parent() -> None:
-    """Exit when the parent dies, even if our stdin pipe was inherited by someone else.
-
-    Not PR_SET_PDEATHSIG: Linux sends it when the parent *thread* ends, and the client restarts
-    workers from a reader thread that ends right after.
-    """
-    parent = os.getppid()
-
-    def poll() -> None:
-        import psutil
-
-        while True:
-            threading.Event().wait(PARENT_POLL_SECONDS)
-            if os.getppid() != parent or not psutil.pid_exists(parent):
-                log.warning("parent %s is gone; worker exiting", parent)
-                os._exit(0)
-
-    threading.Thread(target=poll, name="hearth-parent-watch", daemon=True).start()

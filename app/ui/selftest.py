@@ -1,7 +1,9 @@
 """`hearth --self-test`: the whole studio, end to end, in one command that exits 0 or 1.
 
 Opens the real window (offscreen works), starts the real worker, sends one message through the
-chat page and waits for a streamed answer from the embedded model. It is what the frozen build's
+chat page and waits for a streamed answer from the embedded model; then runs one child job (the
+child-job helper's ``selftest-child`` role), which checks that this executable routes
+``--child ROLE`` as the quantize and fine-tune jobs need. It is what the frozen build's
 test runs (tests/dist), and what a person can run to check an install. Progress goes to stderr;
 the last line on stdout is one JSON object with the outcome.
 """
@@ -12,12 +14,13 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QApplication
 
-from app.runtime.protocol import Sampling
+from app.runtime.protocol import EventKind, ProtocolError, Sampling, decode_event
 from app.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 FLAG = "--self-test"
 PROMPT = "Name three colors."
 TIMEOUT_S = float(os.environ.get("HEARTH_SELF_TEST_TIMEOUT", "300"))
+CHILD_TIMEOUT_S = 120.0
 
 
 class SelfTest(QObject):
@@ -65,11 +69,51 @@ class SelfTest(QObject):
         elif self.tokens < 1 or not last.text.strip():
             self._finish(False, "the reply was empty")
         else:
-            self._finish(True, "")
+            self._finish(*child_job_works())
 
     def _finish(self, ok: bool, why: str) -> None:
+        """Print the outcome once and leave (the first caller wins: a reply, a timeout, a death)."""
         if "done" in self.outcome:
             return
         self.outcome.update(done=True, ok=ok, window_shown=self._window.isVisible(), why=why or None)
         print(json.dumps(self.outcome), flush=True)
         self._app.exit(0 if ok else 1)
+
+
+
+def child_job_works() -> tuple[bool, str]:
+    """Start the ``selftest-child`` role as the runtime starts every child job (the launcher's
+    ``--child ROLE`` command, params as one JSON line on stdin, events on its stdout) and read its
+    answer; (ok, why not). About a second: a process start. The UI does not run child jobs, so
+    this speaks the few lines itself rather than import the runtime's helper."""
+    import subprocess
+
+    from app.runtime.launcher import child_command
+
+    print("hearth self-test: starting a child job", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(child_command("selftest-child"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    watchdog = threading.Timer(CHILD_TIMEOUT_S, proc.kill)  # this runs on the GUI thread: never wait forever
+    watchdog.start()
+    try:
+        proc.stdin.write(json.dumps({"steps": 2, "echo": "hearth"}).encode("utf-8") + b"\n")
+        proc.stdin.flush()  # and kept open: a child whose stdin closes takes it as its parent's death
+        for line in proc.stdout:
+            event = decode_event(line)
+            if event.event is EventKind.RESULT:
+                ok = event.data.get("echo") == "hearth"
+                return ok, "" if ok else f"a child job answered {event.data!r}"
+            if event.event is EventKind.ERROR:
+                return False, f"a child job failed: {event.data.get('message')}"
+        return False, f"a child job ended without an answer (exit status {proc.wait()})"
+    except (OSError, ProtocolError) as exc:
+        return False, f"a child job could not be run: {exc}"
+    finally:
+        watchdog.cancel()
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

@@ -1,7 +1,8 @@
 """The frozen executable's entry point: the same `main` as `hearth` and `python -m app`.
 
-One executable serves as the studio, the worker (``--worker``) and the planner's dry run
-(``--dry-run``); app.runtime.launcher starts it again with those flags.
+One executable serves as the studio, the worker (``--worker``) and every child job
+(``--child ROLE``: the dry run, convert, quantize, fine-tune); app.runtime.launcher starts it
+again with those flags.
 """
 
 import sys

@@ -53,7 +53,7 @@ def test_handshake_and_malformed_lines(raw_worker: subprocess.Popen[bytes]) -> N
         event = _send(raw_worker, line)
         assert (event["event"], event["id"], event["data"]["kind"]) == ("error", request_id, kind)
         assert event["data"]["message"]
-    assert _send(raw_worker, b'{"id": "p1", "method": "ping"}') == {"id": "p1", "event": "result", "data": {"pong": True, "protocol": PROTOCOL_VERSION}}
+    assert _send(raw_worker, b'{"id": "p1", "method": "ping"}') == {"id": "p1", "event": "result", "data": {"pong": True, "protocol": PROTOCOL_VERSION, "status": "done"}}
 
 
 def test_worker_exits_when_stdin_closes(raw_worker: subprocess.Popen[bytes]) -> None:
@@ -87,8 +87,8 @@ def test_worker_exits_when_its_parent_dies(tmp_path) -> None:
 def test_protocol_stream_survives_native_stdout_noise() -> None:
     code = (
         "import os\n"
-        "from app.runtime.worker import _take_stdout\n"
-        "out = _take_stdout()\n"
+        "from app.runtime.launcher import take_stdout\n"
+        "out = take_stdout()\n"
         "print('python noise', flush=True)\n"
         "os.write(1, b'native noise\\n')\n"
         "out.write(b'{\"protocol\": true}\\n')\n"

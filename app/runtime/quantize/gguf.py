@@ -1,12 +1,14 @@
 """GGUF: an HF folder to a 16-bit GGUF (the packaged converter), then llama.cpp's own quantizer.
 
-Both steps run in a child process (``app.runtime.quantize.child``) that this module watches:
-- its stderr lines become progress: the converter logs one line per tensor while it plans
-  (``INFO:hf-to-gguf:blk.0.attn_k.weight, torch.float32 --> F16, ...``) and then a byte bar while
-  it writes; llama.cpp logs ``[  12/ 272] blk.1.attn_k.weight - [...], type = f16, converting to
-  q5_0 ..`` per tensor. Time left comes from the rate so far.
-- Cancel kills the child and removes its partial file. Nothing is ever written under the final
-  name: the child writes a hidden ``.part`` file that is verified with gguf's reader and renamed.
+Both steps run as child jobs (the ``convert`` and ``quantize`` roles of `app.runtime.childjob`,
+whose work is in `app.runtime.quantize.child`):
+- their stderr lines become progress records: the converter logs one line per tensor while it
+  plans (``INFO:hf-to-gguf:blk.0.attn_k.weight, torch.float32 --> F16, ...``) and then a byte bar
+  while it writes; llama.cpp logs ``[  12/ 272] blk.1.attn_k.weight - [...], type = f16,
+  converting to q5_0 ..`` per tensor. Time left comes from the job's rate so far (`JobContext`).
+- Cancel (or a pause, which a quantization cannot resume from) kills the child, removes its
+  partial file and ends as `JobStopped` cancelled. Nothing is ever written under the final name:
+  the child writes a hidden ``.part`` file that is verified with gguf's reader and renamed.
 
 These two functions are also the fine-tune wizard's export path; their names and signatures are
 kept stable.
@@ -14,108 +16,42 @@ kept stable.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.childjob import last_error, run_child
+from app.runtime.jobs import JobContext, JobStopped
+from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 from app.runtime.quantize import safety, targets
 
 log = logging.getLogger(__name__)
 
-CHILD_FLAG = "--quantize-child"  # for a frozen build: the executable routes this flag to child.main
 CONVERT_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 _LLAMA_TENSOR = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
-_CONVERT_TENSOR = re.compile(r"^INFO:hf-to-gguf:([\w.]+),\s+\S+\s+-->\s+(\w+)")
-_CONVERT_TOTAL = re.compile(r"n_tensors = (\d+), total_size = ([\d.]+)([KMGT]?)")
+_CONVERT_TENSOR = re.compile(r"hf-to-gguf:\s*([\w.]+),\s+\S+\s+-->\s+(\w+)")
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
 
 
-def child_command(*args: str) -> list[str]:
-    if getattr(sys, "frozen", False):
-        return [sys.executable, CHILD_FLAG, *args]
-    return [sys.executable, "-m", "app.runtime.quantize.child", *args]
+def _run(role: str, params: Mapping[str, Any], ctx: JobContext | None, *, what: str, partial: Path, on_line: Callable[[str], None], kind: ErrorKind) -> None:
+    """One child job to its end. A failure is worded from the child's stderr (a full disk as
+    DISK_FULL); a stop removes ``partial`` and ends as cancelled whatever was asked."""
 
+    def classify(tail: str, code: int) -> RuntimeFailure:
+        if safety.is_disk_full(tail):
+            return safety.disk_full(partial.parent, f"the disk filled up during {what}")
+        return RuntimeFailure(kind, f"The {what} failed: {last_error(tail.splitlines()) if tail else f'exit status {code}'}", detail=tail[-4000:])
 
-class _Eta:
-    """Time left from the rate so far (needs a few seconds of history to say anything)."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def left(self, fraction: float) -> float | None:
-        spent = time.monotonic() - self.started
-        if fraction <= 0.02 or spent < 0.5:
-            return None
-        return max(spent * (1 - fraction) / fraction, 0.0)
-
-
-def _run_child(args: list[str], *, state: Any, on_line: Callable[[str], None], what: str, partial: Path) -> None:
-    """Run a child to completion, feeding each stderr line to ``on_line``; on cancel kill it,
-    on failure raise in words. ``partial`` is removed whenever the child does not succeed."""
-    proc = subprocess.Popen(child_command(*args), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tail: collections.deque[str] = collections.deque(maxlen=60)
-
-    def read() -> None:
-        assert proc.stderr is not None
-        buffer = b""
-        while True:
-            chunk = proc.stderr.read1(65536) if hasattr(proc.stderr, "read1") else proc.stderr.read(4096)
-            if not chunk:
-                break
-            buffer += chunk
-            *lines, buffer = re.split(rb"[\r\n]", buffer)
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    tail.append(line)
-                    try:
-                        on_line(line)
-                    except Exception:  # a progress listener must not stop the reading
-                        log.exception("progress listener failed on %r", line)
-        if buffer.strip():
-            tail.append(buffer.decode("utf-8", "replace").rstrip())
-
-    reader = threading.Thread(target=read, name=f"hearth-{what}-log", daemon=True)
-    reader.start()
     try:
-        while proc.poll() is None:
-            if state is not None and state.cancelled:
-                proc.kill()
-                proc.wait()
-                raise RuntimeFailure(ErrorKind.CANCELLED, f"Cancelled during {what}; nothing was added to the library.")
-            reader.join(timeout=0.1)
-        reader.join(timeout=5)
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        safety.remove(partial)
-        raise
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
-    if proc.returncode != 0:
-        safety.remove(partial)
-        said = "\n".join(tail)
-        if safety.is_disk_full(said):
-            raise safety.disk_full(partial.parent, f"the disk filled up during {what}")
-        errors = [line for line in tail if re.search(r"error|exception|failed|Traceback|refus", line, re.IGNORECASE)]
-        last = errors[-1] if errors else (tail[-1] if tail else f"exit status {proc.returncode}")
-        raise RuntimeFailure(ErrorKind.MODEL_INVALID if what == "conversion" else ErrorKind.INTERNAL, f"The {what} failed: {last}", detail=said[-4000:])
+        run_child(role, params, ctx, what=what, partial=[partial], on_stderr=on_line, classify=classify)
+    except JobStopped:
+        raise JobStopped(JobStatus.CANCELLED, f"Cancelled during the {what}; nothing was added to the library.") from None
 
 
-def convert_hf_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", state: Any = None) -> Path:
+def convert_hf_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", state: JobContext | None = None) -> Path:
     """Convert a Hugging Face folder (safetensors) to a GGUF file at ``out`` (replaced if there).
 
     ``outtype``: f16 (default), bf16, f32 or q8_0, as the converter names them. Runs the packaged
@@ -131,30 +67,29 @@ def convert_hf_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", state: 
     expected = targets.estimate_size(target, source.tensors)
     safety.check_free_space(out.parent, expected, f"Converting {source.name} to {outtype.upper()}")
     partial = safety.staging_path(out)
-    eta = _Eta()
     seen = {"planned": 0, "total": len(source.tensors)}
 
     def on_line(line: str) -> None:
         if state is None:
             return
-        m = _CONVERT_TENSOR.match(line)
+        m = _CONVERT_TENSOR.search(line)
         if m:  # planning each tensor: the first half of the work
             seen["planned"] += 1
-            fraction = 0.5 * min(seen["planned"] / max(seen["total"], 1), 1.0)
-            state.progress("convert", fraction=fraction, message=f"Converting {m.group(1)}", tensor=m.group(1), index=seen["planned"], total=seen["total"], eta_s=eta.left(fraction))
+            n = max(seen["total"], 1)
+            state.progress("convert", done=seen["planned"], total=n, unit="tensors", fraction=0.5 * min(seen["planned"] / n, 1.0),
+                           message=f"Converting {m.group(1)}", tensor=m.group(1))
             return
         m = _WRITING.search(line)
         if m:
-            fraction = 0.5 + 0.5 * int(m.group(1)) / 100
-            state.progress("convert", fraction=fraction, message=f"Writing {out.name}: {m.group(1)} %", eta_s=eta.left(fraction))
+            state.progress("convert", fraction=0.5 + 0.5 * int(m.group(1)) / 100, message=f"Writing {out.name}: {m.group(1)} %")
 
     if state is not None:
         state.progress("convert", fraction=0.0, message=f"Converting {source.name} to GGUF {outtype.upper()}")
-    _run_child(["convert", str(folder), str(partial), outtype], state=state, on_line=on_line, what="conversion", partial=partial)
+    _run("convert", {"folder": str(folder), "out": str(partial), "outtype": outtype}, state, what="conversion", partial=partial, on_line=on_line, kind=ErrorKind.MODEL_INVALID)
     return _publish(partial, out)
 
 
-def quantize_gguf(source: Path, out: Path, qtype: str, *, state: Any = None, imatrix: Path | None = None) -> Path:
+def quantize_gguf(source: Path, out: Path, qtype: str, *, state: JobContext | None = None, imatrix: Path | None = None) -> Path:
     """Quantize a GGUF file to ``qtype`` (a llama.cpp file type name such as "Q4_K_M") at ``out``
     (replaced if there), through ``llama_model_quantize`` in a child process.
 
@@ -176,25 +111,22 @@ def quantize_gguf(source: Path, out: Path, qtype: str, *, state: Any = None, ima
     expected = targets.estimate_size(target, checked.tensors)
     safety.check_free_space(out.parent, expected, f"{target.name}")
     partial = safety.staging_path(out)
-    eta = _Eta()
 
     def on_line(line: str) -> None:
-        m = _LLAMA_TENSOR.match(line)
-        if "importance matrix" in line and state is not None and hasattr(state, "log"):
+        if state is None:
+            return
+        if "importance matrix" in line:
             state.log(line.strip())  # llama.cpp confirming it received the matrix ("have importance matrix data with N entries")
-        if m and state is not None:
+        m = _LLAMA_TENSOR.match(line)
+        if m:
             i, n = int(m.group(1)), int(m.group(2))
-            fraction = i / max(n, 1)
-            state.progress("quantize", fraction=fraction, message=f"{target.name}: tensor {i}/{n} {m.group(3)}", tensor=m.group(3), index=i, total=n, eta_s=eta.left(fraction))
+            state.progress("quantize", done=i, total=n, unit="tensors", message=f"{target.name}: tensor {i}/{n} {m.group(3)}", tensor=m.group(3))
 
     if state is not None:
         state.progress("quantize", fraction=0.0, message=f"Quantizing to {target.name}")
-    args = ["quantize", str(source), str(partial), str(target.ftype), "--threads", str(_threads())]
-    if imatrix is not None:
-        args += ["--imatrix", str(imatrix)]
-    if checked.quantized:
-        args.append("--allow-requantize")
-    _run_child(args, state=state, on_line=on_line, what=f"quantization to {target.name}", partial=partial)
+    params = {"source": str(source), "out": str(partial), "ftype": int(target.ftype), "threads": _threads(),
+              "imatrix": str(imatrix) if imatrix is not None else None, "allow_requantize": checked.quantized}
+    _run("quantize", params, state, what=f"quantization to {target.name}", partial=partial, on_line=on_line, kind=ErrorKind.INTERNAL)
     return _publish(partial, out)
 
 

@@ -3,9 +3,10 @@ recommend one, and only then put the results where the library sees them.
 
 Everything is made in a hidden work folder inside the output folder (same disk, so the final
 moves are atomic renames; a hidden ``.part`` name the library and the next run's sweep
-recognise). Its files are named ``*.gguf.pending`` so that no scan lists them. Cancel, a failure
-or a full disk at any point removes the work folder: nothing half-made, and nothing at all from
-a cancelled run, appears in the library.
+recognise). Its files are named ``*.gguf.pending`` so that no scan lists them. Cancel (or pause:
+nothing here can resume), a failure or a full disk at any point removes the work folder: nothing
+half-made, and nothing at all from a cancelled run, appears in the library. A stop ends as
+`JobStopped` cancelled, which the dispatcher answers as a result with ``status: "cancelled"``.
 
 Steps, each reported with ``step``/``steps`` in the progress events:
 1. an HF folder is converted to a 16-bit GGUF (the reference for GGUF targets);
@@ -25,8 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from app.runtime.jobs import JobContext, JobStopped, Progress
 from app.runtime.library import ModelInfo
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 from app.runtime.quantize import safety
 from app.runtime.quantize import targets as registry
 from app.runtime.quantize.safety import Source
@@ -37,32 +39,46 @@ log = logging.getLogger(__name__)
 PENDING = ".pending"
 
 
-class StepState:
-    """The caller's state, with the current step added to every progress event."""
+class StepState(JobContext):
+    """The caller's context, with the current step added to every progress record.
 
-    def __init__(self, state: Any, steps: int) -> None:
-        self._state, self.steps, self.step, self.title = state, steps, 0, ""
+    It shares the caller's stop flag and sends through the caller's events; time left is measured
+    per step (each target's quantization is its own rate). A stop of any kind ends the run as
+    cancelled: a quantization keeps nothing to resume from, so a pause is a cancel.
+    """
+
+    def __init__(self, ctx: JobContext | None, steps: int) -> None:
+        self._outer = ctx if ctx is not None else JobContext.detached("quantize")
+        super().__init__(self._outer.request_id, self._outer._emit)  # the caller's events; this context's own rates
+        self.steps, self.step, self.title = steps, 0, ""
+
+    @property
+    def stop_requested(self) -> JobStatus | None:
+        return self._outer.stop_requested
 
     @property
     def cancelled(self) -> bool:
-        return bool(self._state is not None and self._state.cancelled)
+        return self._outer.cancelled
+
+    def wait(self, seconds: float) -> bool:
+        return self._outer.wait(seconds)
 
     def begin(self, title: str) -> None:
         self.step += 1
         self.title = title
+        self._rates = {}
         self.progress("step", fraction=0.0, message=title)
 
-    def progress(self, stage: str, *, fraction: float | None = None, message: str = "", **extra: Any) -> None:
-        if self._state is not None:
-            self._state.progress(stage, fraction=fraction, message=message, step=self.step, steps=self.steps, step_title=self.title, **extra)
+    def progress(self, stage: str, **fields: Any) -> Progress:  # type: ignore[override]
+        fields.update(step=self.step, steps=self.steps, step_title=self.title)
+        return super().progress(stage, **fields)
 
     def log(self, message: str, level: str = "info") -> None:
-        if self._state is not None and hasattr(self._state, "log"):
-            self._state.log(message, level)
+        self._outer.log(message, level)
 
-    def check(self) -> None:
+    def check(self, message: str = "", **kept: Any) -> None:
         if self.cancelled:
-            raise RuntimeFailure(ErrorKind.CANCELLED, "Quantization cancelled; nothing was added to the library.")
+            raise JobStopped(JobStatus.CANCELLED, message or "Quantization cancelled; nothing was added to the library.", **kept)
 
 
 def run(
@@ -71,13 +87,16 @@ def run(
     *,
     output_dir: Path | None = None,
     evaluate: bool,
-    state: Any,
+    state: JobContext | None,
     eval_tokens: int | None = None,
     imatrix: Path | None = None,
     hardware: Any = None,
     context_length: int | None = None,
 ) -> dict[str, Any]:
-    """Quantize ``source`` (an HF folder or a GGUF file) to each of ``targets``; the report."""
+    """Quantize ``source`` (an HF folder or a GGUF file) to each of ``targets``; the report.
+
+    Raises `JobStopped` (cancelled, nothing added to the library) after a cancel or a pause.
+    """
     from app.paths import paths
 
     src = safety.inspect_source(source)

@@ -1,14 +1,16 @@
-"""Shared pieces of the fine-tune tests: the facts data, a JobState that records events, one trained run."""
+"""Shared pieces of the fine-tune tests: the facts data, a JobContext that records events, one trained run."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.runtime.jobs import JobState
+from app.runtime.jobs import JobContext
+from app.runtime.protocol import Event, EventKind
 
 FACTS = Path(__file__).parents[2] / "data" / "facts"
 
@@ -18,10 +20,18 @@ LEARN = {"rank": 16, "alpha": 32, "learning_rate": 2e-3, "epochs": 3.0, "batch_s
          "seq_length": 96, "threads": 2, "save_steps": 1000, "eval_steps": 12, "sample_steps": 12, "warmup": 0.05}
 
 
-class Recorder(JobState):
-    def __init__(self) -> None:
+class Recorder(JobContext):
+    """Keeps every event's data; ``pause_when(record)`` pauses the job at a progress record."""
+
+    def __init__(self, *, pausable: bool = False, pause_when: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
-        super().__init__("test", lambda event: self.events.append(dict(event.data)))
+        self._pause_when = pause_when
+        super().__init__("test", self._record, pausable=pausable)
+
+    def _record(self, event: Event) -> None:
+        self.events.append(dict(event.data))
+        if self._pause_when is not None and event.event is EventKind.PROGRESS and self._pause_when(event.data):
+            self.pause()
 
     def of(self, stage: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("stage") == stage]

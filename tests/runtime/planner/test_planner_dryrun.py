@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from app.runtime.hardware import Hardware
-from app.runtime.launcher import DRY_RUN_FLAG, dry_run_command
+from app.runtime.childjob import run_child
 from app.runtime.library import ModelInfo
 from app.runtime.planner import UserPrefs, llama_cpp_kwargs, load_profile, plan
 from app.runtime.planner.dryrun import DryRun, confirm, dry_run
@@ -143,34 +143,37 @@ def test_a_missing_file_is_model_not_found(tmp_path: Path):
 
 def test_a_child_that_never_answers_is_killed_at_the_timeout(model_path: Path):
     with pytest.raises(RuntimeFailure) as caught:
-        dry_run(model_path, {}, timeout=1, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+        dry_run(model_path, {}, timeout=1, child=("selftest-child", {"sleep": 60}))
     assert caught.value.kind is ErrorKind.LOAD_FAILED
     assert "did not finish within 1 s" in caught.value.message
     assert not psutil.Process().children(recursive=True)
 
 
 @pytest.mark.parametrize(
-    ("script", "words"),
-    [("import os; os.abort()", "signal SIGABRT"), ("import sys; sys.exit(3)", "exit code 3"), ("print('hello')", "no readable answer")],
+    ("params", "words"),
+    [({"crash": True}, "signal SIGABRT"), ({"exit": 3}, "exit code 3"), ({"echo": "hello"}, "answered with an incomplete result")],
 )
-def test_a_child_that_crashes_or_answers_garbage_is_load_failed(model_path: Path, script: str, words: str):
+def test_a_child_that_crashes_or_answers_garbage_is_load_failed(model_path: Path, params: dict, words: str):
     with pytest.raises(RuntimeFailure) as caught:
-        dry_run(model_path, {}, command=[sys.executable, "-c", script])
+        dry_run(model_path, {}, child=("selftest-child", params))
     assert caught.value.kind is ErrorKind.LOAD_FAILED
     assert words in caught.value.message
 
 
-def test_the_child_refuses_a_bad_request_in_words(model_path: Path):
-    import subprocess
-
-    done = subprocess.run([*dry_run_command()], input=b"[1, 2]", capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0
-    assert b'"ok": false' in done.stdout and b"model_path" in done.stdout
+def test_the_child_refuses_a_bad_request_in_words():
+    with pytest.raises(RuntimeFailure) as caught:
+        run_child("dry-run", {"llama_kwargs": {}}, None, what="a dry run without a model")
+    assert caught.value.kind is ErrorKind.INVALID_PARAMS and "model_path" in caught.value.message
 
 
-def test_the_launcher_starts_the_same_program_with_the_dry_run_flag():
-    assert dry_run_command()[-1] == DRY_RUN_FLAG == "--dry-run"
-    assert dry_run_command()[0] == sys.executable
+def test_the_dry_run_is_a_role_of_the_one_child_job_helper():
+    from app.__main__ import main
+
+    assert main(["--child", "no-such-role"]) == 2  # the roles table refuses what it does not know
+    from app.runtime.launcher import child_command
+
+    assert child_command("dry-run")[-2:] == ["--child", "dry-run"]
+    assert child_command("dry-run")[0] == sys.executable
 
 
 def test_an_unknown_ctypes_field_fails_loudly():

@@ -14,6 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from app.runtime.jobs import JobContext
+from app.runtime.protocol import Event, EventKind
+
 _RUN: dict[str, Any] = {}
 _LOCK = threading.Lock()
 EVAL_TOKENS = 800  # two windows of 512: enough for a stable ranking, cheap enough for every test run
@@ -40,30 +43,22 @@ def f16_gguf(smollm2_hf: Path) -> Path:
     return Path(next(r["path"] for r in report["results"] if r["target"] == "F16"))
 
 
-class Recorder:
-    """A JobState-like object that keeps every event and can cancel itself on a condition."""
+class Recorder(JobContext):
+    """A job context that keeps every progress record and log line, and can cancel (or pause)
+    itself when a record matches a condition."""
 
-    def __init__(self, cancel_when: Any = None) -> None:
+    def __init__(self, cancel_when: Any = None, *, pause: bool = False) -> None:
         self.events: list[dict[str, Any]] = []
         self.logs: list[str] = []
         self._cancel_when = cancel_when
-        self._cancelled = False
+        self._pause = pause
+        super().__init__("test", self._record)
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def progress(self, stage: str, *, fraction: float | None = None, message: str = "", **extra: Any) -> None:
-        event = {"stage": stage, "fraction": fraction, "message": message, **extra}
-        self.events.append(event)
-        if self._cancel_when is not None and self._cancel_when(event):
-            self._cancelled = True
-
-    def log(self, message: str, level: str = "info") -> None:
-        self.logs.append(message)
-
-    def token(self, text: str, **extra: Any) -> None:
-        pass
+    def _record(self, event: Event) -> None:
+        if event.event is EventKind.LOG:
+            self.logs.append(str(event.data["message"]))
+        elif event.event is EventKind.PROGRESS:
+            record = dict(event.data)
+            self.events.append(record)
+            if self._cancel_when is not None and self._cancel_when(record):
+                self.pause() if self._pause else self.cancel()

@@ -80,9 +80,9 @@ def test_progress_per_step_and_tensor(run: tuple[dict[str, Any], Path, Any]) -> 
     _, _, state = run
     steps = [e for e in state.events if e["stage"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, len(steps) + 1)) and steps[0]["steps"] == len(steps)
-    tensors = [e for e in state.events if e["stage"] == "quantize" and e.get("index")]
-    assert {e["total"] for e in tensors} == {272}
-    assert any(e["index"] == 272 for e in tensors)
+    tensors = [e for e in state.events if e["stage"] == "quantize" and e.get("done")]
+    assert {e["total"] for e in tensors} == {272} and {e["unit"] for e in tensors} == {"tensors"}
+    assert any(e["done"] == 272 for e in tensors)
     assert any(e.get("eta_s") is not None for e in tensors)
     assert any(e["stage"] == "convert" and e.get("tensor") for e in state.events)
     assert any(e["stage"] == "evaluate" for e in state.events)

@@ -101,7 +101,8 @@ class TrainPage(Page):
         self.run_dir = result.get("run_dir") or self.run_dir
         self.cancel_button.setEnabled(False)
         if result.get("finish_reason") != "done":
-            self.status.setText("Cancelled." + (" Resume continues from the last checkpoint." if result.get("checkpoint") else ""))
+            stopped = "Paused." if result.get("status") == "paused" else "Cancelled."
+            self.status.setText(stopped + (" Resume continues from the last checkpoint." if result.get("checkpoint") else ""))
             self.resume_button.setEnabled(bool(result.get("checkpoint")))
             return
         self.result = result
@@ -179,6 +180,10 @@ class ExportPage(Page):
 
     def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
         if request_id != self._request:
+            return
+        if result.get("status", "done") != "done":  # cancelled: the half-made outputs were removed
+            self.status.setText(str(result.get("message") or "Export cancelled."))
+            self.export_button.setEnabled(True)
             return
         self.wiz().export_result = result
         self.model_id = result.get("model_id")

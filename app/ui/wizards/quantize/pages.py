@@ -259,6 +259,9 @@ class RunPage(_Page):
     def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
         if request_id != self.request_id:
             return
+        if result.get("status", "done") != "done":  # a stopped run answers with a result: nothing was added
+            self._on_failed(request_id, "cancelled", str(result.get("message") or "Cancelled; nothing was added to the library."))
+            return
         self.done = True
         self.wiz().report = result
         self.overall.setValue(100)
