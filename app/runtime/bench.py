@@ -23,10 +23,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import IO, Any
 
 from app.runtime.client import failure_from_event
+from app.runtime.measurements import MeasurementStore
 from app.runtime.protocol import Event, EventKind, Method, Sampling
 
 MIN_RUNS_FOR_VERDICT = 5  # the issue asks for at least 5 alternating runs; fewer give no honest spread
@@ -378,40 +378,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_bench(*, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
-    """All figures as a JSON-serializable dict; see `verdict` for what pass/fail/inconclusive mean."""
-    if runs < 1 or n_tokens < 2:
-        raise ValueError("the bench needs at least 1 run and 2 tokens per run")
-    report: dict[str, Any] = {"machine": machine_info()}
-    generation = measure_generation(runs=runs, n_tokens=n_tokens)
-    report["settings"] = {"runs": runs, "n_tokens": n_tokens, "min_runs_for_verdict": MIN_RUNS_FOR_VERDICT, **generation["settings"]}
-    report["direct"], report["worker"] = generation["direct"], generation["worker"]
-    report["figures"] = {**generation["figures"], "first_window_s": measure_first_window(runs=runs)}
-    report["figures"]["prefix_reuse"] = measure_prefix_reuse(runs=runs, settings=generation["settings"]["load_settings"])
-    report["machine"]["threads"] = report["settings"]["load_settings"]["n_threads"]
-    report["machine"]["model_file"] = Path(report["settings"]["model_file"]).name
-    report["planner_speed"] = measure_planner_speed()
-    from app.runtime.server.bench import measure_server_stream  # the OpenAI-compatible server (target >= 0.9)
-
-    report["server_stream"] = measure_server_stream(runs=runs, n_tokens=n_tokens)
-    return report
-
-
-def measure_planner_speed() -> dict[str, Any]:
-    """Calibrate the planner's roofline with one short decode (saved for later plans), then
-    compare its prediction with a real decode at a short and a long context fill (target ±30%)."""
+def measure_planner_speed(measurements: MeasurementStore) -> dict[str, Any]:
+    """Calibrate the planner's roofline with one short decode (kept in ``measurements`` for later
+    plans), then compare its prediction with a real decode at a short and a long context fill (target ±30%)."""
     from app.runtime import hardware, library
     from app.runtime.planner import calibrate
 
     model = library.read_gguf(library.embedded_model_path(), source="embedded")
-    hw = hardware.probe()
-    calibration, report = calibrate.calibrate(model, hw)
+    hw = hardware.probe(measurements=measurements)
+    calibration, report = calibrate.calibrate(model, hw, measurements=measurements)
     rows = calibrate.predicted_vs_measured(model, hw, calibration)
     for row in rows:
         row["within_30_percent"] = abs(row["measured_over_predicted"] - 1) <= 0.30
     return {"calibration": {**report, "source": calibration.source}, "contexts": rows, "target": "measured within ±30% of predicted"}
-
-
-def run_from_args(args: Any) -> dict[str, Any]:
-    """`hearth bench` (the runtime suite) with the command line's --runs and --tokens."""
-    return run_bench(runs=args.runs, n_tokens=args.tokens)

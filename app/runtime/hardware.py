@@ -7,7 +7,7 @@ torch only to count GPUs costs about a second and 300 MB of RAM in a worker that
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import platform
@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from app.runtime.measurements import RAM_BANDWIDTH, FileMeasurementStore, Machine, MeasurementStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,16 @@ class Hardware:
         return data
 
 
-def probe() -> Hardware:
+def probe(*, measurements: MeasurementStore | None = None) -> Hardware:
+    """This machine; its RAM bandwidth comes from ``measurements`` (default: the user's store),
+    measured and saved there the first time."""
+    hw = _probe_basic()
+    store = measurements if measurements is not None else FileMeasurementStore.default(lambda: machine_of(hw))
+    return replace(hw, ram_bandwidth=ram_bandwidth(store))
+
+
+def _probe_basic() -> Hardware:
+    """Everything but the RAM bandwidth (which is measured, so it lives in the measurement store)."""
     from app.paths import paths
 
     memory = psutil.virtual_memory()
@@ -79,9 +90,46 @@ def probe() -> Hardware:
         ram_total=memory.total,
         ram_available=memory.available,
         gpus=gpus,
-        ram_bandwidth=ram_bandwidth(cpu_name, memory.total),
         disk_free=_disk_free(paths().data),
     )
+
+
+def machine_of(hw: Hardware) -> Machine:
+    """The fingerprint measurements taken on ``hw`` (this machine) are stamped with."""
+    return Machine.of(hw, driver=gpu_driver_version() if hw.gpus else None)
+
+
+@functools.cache
+def this_machine() -> Machine:
+    """This machine's fingerprint, worked out once per process (the GPUs do not change under it)."""
+    return machine_of(_probe_basic())
+
+
+@functools.cache
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver's version (NVML, else nvidia-smi); ROCm's for AMD under torch; else None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # ImportError, or NVMLError without an NVIDIA driver: ask nvidia-smi
+        log.debug("NVML has no driver version: %s", exc)
+    exe = shutil.which("nvidia-smi")
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=True).stdout
+            if out.strip():
+                return out.strip().splitlines()[0].strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("nvidia-smi has no driver version: %s", exc)
+    if "torch" in sys.modules:
+        return getattr(sys.modules["torch"].version, "hip", None)
+    return None
 
 
 def _disk_free(folder: Path) -> int | None:
@@ -105,24 +153,33 @@ BANDWIDTH_PROBE_BYTES = 256 * 2**20
 BUSY_LOAD_PER_CORE = 1.0  # above this one-minute load average per core, a probe is not trusted for later
 
 
-def ram_bandwidth(cpu_name: str, ram_total: int) -> int | None:
-    """RAM copy bandwidth in bytes/s (read + write), measured once per machine and cached.
+def ram_bandwidth(measurements: MeasurementStore) -> int | None:
+    """RAM copy bandwidth in bytes/s (read + write), measured once per machine and kept in ``measurements``.
 
     A 256 MiB copy, best of three: about a tenth of a second. The planner turns it into an
     effective decode bandwidth; its own calibration refines that with a real decode. A probe taken
     while other programs keep the cores busy can read ten times low, and every later plan would
-    inherit that: such a result serves this process only and is not cached.
+    inherit that: such a result serves this process only and is not kept.
     """
-    from app.paths import paths
-
-    key = f"{cpu_name}|{ram_total}"
-    cache = paths().cache / "ram-bandwidth.json"
+    saved = measurements.get(RAM_BANDWIDTH)
+    if isinstance(saved, dict) and isinstance(saved.get("bytes_per_s"), int):
+        return int(saved["bytes_per_s"])
+    measured = measure_ram_bandwidth()
+    if measured is None:
+        return None
+    load_per_core = os.getloadavg()[0] / max(1, os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
+    if load_per_core > BUSY_LOAD_PER_CORE:
+        log.info("bandwidth probe taken under load (%.1f per core): %.1f GB/s, not kept", load_per_core, measured / 1e9)
+        return measured
     try:
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
-            return int(cached["bytes_per_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        measurements.put(RAM_BANDWIDTH, {"bytes_per_s": measured})
+    except OSError as exc:
+        log.info("cannot keep the bandwidth probe: %s", exc)
+    return measured
+
+
+def measure_ram_bandwidth() -> int | None:
+    """One RAM copy bandwidth measurement in bytes/s; None without numpy."""
     try:
         import numpy as np
     except ImportError:
@@ -134,17 +191,7 @@ def ram_bandwidth(cpu_name: str, ram_total: int) -> int | None:
         started = time.perf_counter()
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - started)
-    measured = int(2 * BANDWIDTH_PROBE_BYTES / best)
-    load_per_core = os.getloadavg()[0] / max(1, os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
-    if load_per_core > BUSY_LOAD_PER_CORE:
-        log.info("bandwidth probe taken under load (%.1f per core): %.1f GB/s, not cached", load_per_core, measured / 1e9)
-        return measured
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "bytes_per_s": measured}), encoding="utf-8")
-    except OSError as exc:
-        log.info("cannot cache the bandwidth probe: %s", exc)
-    return measured
+    return int(2 * BANDWIDTH_PROBE_BYTES / best)
 
 
 def _cpu_info_lines() -> list[str]:

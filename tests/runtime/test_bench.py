@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from app.runtime import bench
+from app.runtime import bench, bench_suites, hardware
+from app.runtime.measurements import CALIBRATION, MemoryMeasurementStore
 from app.runtime.bench import Target, verdict
 
 AT_LEAST = Target(0.95, at_least=True)
@@ -65,7 +66,9 @@ def test_first_window_failures_are_reported_not_raised(script: str, words: str) 
 @pytest.mark.slow
 def test_bench_smoke(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTH_HOME", str(tmp_path))  # the worker's log goes here, not to the user's folders
-    report = bench.run_bench(runs=1, n_tokens=8)
+    store = MemoryMeasurementStore(hardware.this_machine())
+    report = bench_suites.run_bench(store, runs=1, n_tokens=8)
+    assert store.get(CALIBRATION)["calibration"]["source"].startswith("measured")  # the bench writes the store
     json.dumps(report)
     assert {"machine", "settings", "direct", "worker", "figures"} <= report.keys()
     assert report["machine"]["threads"] >= 1 and report["machine"]["llama_cpp_python"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.runtime import hardware
+from app.runtime.measurements import RAM_BANDWIDTH, Machine, MemoryMeasurementStore
 
 
 def test_probe_reads_this_machine() -> None:
@@ -48,14 +49,15 @@ def test_without_an_nvidia_driver_nvml_reports_no_gpu() -> None:
     assert hardware._nvml_gpus() == ()
 
 
-def test_a_bandwidth_probe_taken_on_a_busy_machine_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HEARTH_HOME", str(tmp_path))
-    cache = tmp_path / "cache" / "ram-bandwidth.json"
+def test_a_bandwidth_probe_taken_on_a_busy_machine_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryMeasurementStore(Machine("busy-cpu", 1, 1))
     cores = os.cpu_count() or 1
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * cores, 0.0, 0.0))
-    assert hardware.ram_bandwidth("busy-cpu", 1) > 0
-    assert not cache.exists()  # the next process measures again
+    assert hardware.ram_bandwidth(store) > 0
+    assert store.get(RAM_BANDWIDTH) is None  # the next process measures again
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    measured = hardware.ram_bandwidth("busy-cpu", 1)
-    assert json.loads(cache.read_text())["bytes_per_s"] == measured
-    assert hardware.ram_bandwidth("busy-cpu", 1) == measured  # now read back, not measured again
+    measured = hardware.ram_bandwidth(store)
+    assert store.get(RAM_BANDWIDTH) == {"bytes_per_s": measured}
+    monkeypatch.setattr(hardware, "measure_ram_bandwidth", lambda: pytest.fail("measured again"))
+    assert hardware.ram_bandwidth(store) == measured  # now read back, not measured again
+    assert hardware.probe(measurements=store).ram_bandwidth == measured

@@ -99,11 +99,4 @@ def make_cache(name: str, *, budget_tokens: int | None, config: Any, **options: 
     return cls(budget_tokens=budget_tokens, config=config, **options)
 
 
-def default_policy() -> tuple[str, str]:
-    """The planner's default eviction policy and why: the bench's best measured one if saved."""
-    from app.runtime.kv.bench import saved_default_policy  # the bench pulls in more than the caches
-
-    return saved_default_policy()
-
-
-__all__ = ["OBSERVED_ATTENTION", "POLICIES", "QUANTIZED", "PolicyCache", "default_policy", "make_cache"]
+__all__ = ["OBSERVED_ATTENTION", "POLICIES", "QUANTIZED", "PolicyCache", "make_cache"]

@@ -22,14 +22,14 @@ torch decode section, inside the 20-minute target on an idle 2-core machine; a m
 other jobs takes several times longer (the session that wrote this ran a reduced configuration in
 parallel processes, see its report). ``--runs`` is not used; ``--tokens`` caps at ``MAX_DECODE``.
 
-The report is saved in ``paths().cache / "bench" / "kv.json"`` (which ``default_policy()`` reads)
-with its PNG beside it, and beside ``--json`` when given. Benchmarks are not tests: nothing here
-asserts; the targets are reported with their verdicts.
+The ranking (the best policy and why) goes into the measurement store, where the torch plan reads
+its default eviction policy; the whole report is printed and written to ``--json`` by the CLI, with
+its PNG beside it (or in ``paths().cache / "bench"`` without ``--json``). Benchmarks are not tests:
+nothing here asserts; the targets are reported with their verdicts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from app.paths import paths
+from app.runtime.measurements import KV_RANKING, MeasurementStore, kv_ranking
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +58,6 @@ SPEED_BUDGET = 512
 SPEED_CHUNK = 256
 MAX_DECODE = 64
 TARGET_SINK_25 = 1.10  # sink_window at 25% within +10% of full's perplexity
-SAVED = "kv.json"
-DEFAULT_REASON = (
-    "sink_window (StreamingLLM): attention sinks plus a recent window keep perplexity close to the "
-    "full cache at a fixed memory, need no attention weights and run past the trained context; "
-    "no `hearth bench kv` measurement is saved on this machine yet."
-)
-
-
-def saved_path() -> Path:
-    return paths().cache / "bench" / SAVED
-
-
-def saved_default_policy() -> tuple[str, str]:
-    """(policy, reason): the bench's best measured policy if a report is saved, else sink_window."""
-    path = saved_path()
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        best = report["best_overall"]
-        return str(best["policy"]), str(best["reason"])
-    except FileNotFoundError:
-        return "sink_window", DEFAULT_REASON
-    except (OSError, ValueError, KeyError, TypeError):
-        log.exception("unreadable KV bench report at %s; using the default policy", path)
-        return "sink_window", DEFAULT_REASON
-
-
 # -- measurement --------------------------------------------------------------------------------
 def load_model() -> tuple[Any, Any, Path]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -333,33 +308,26 @@ def run(
     return report
 
 
-def save(report: dict[str, Any], json_path: str | Path | None) -> dict[str, Any]:
-    """Write the report (temp name + rename) where default_policy() reads it, and its PNG(s)."""
+def save(report: dict[str, Any], json_path: str | Path | None, measurements: MeasurementStore) -> dict[str, Any]:
+    """Keep the ranking in ``measurements`` (the planner's default eviction policy) and draw the PNG
+    beside ``json_path`` (the CLI writes the JSON there), else in the cache's bench folder."""
     from app.runtime.kv.plot import write_png
 
-    targets = [saved_path()]
-    if json_path:
-        targets.append(Path(json_path))
-    pngs = []
-    for target in targets:
-        png = target.with_suffix(".png")
-        note = write_png(report, png)
-        if note is None:
-            pngs.append(str(png))
-        else:
-            report["plot"] = note
-    if pngs:
-        report["plot"] = pngs
-    target = targets[0]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    keep_ranking(report, measurements)
+    png = Path(json_path).with_suffix(".png") if json_path else paths().cache / "bench" / "kv.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    note = write_png(report, png)
+    report["plot"] = str(png) if note is None else note
     return report
 
 
-def run_from_args(args: Any) -> dict[str, Any]:
+def keep_ranking(report: dict[str, Any], measurements: MeasurementStore) -> None:
+    """The ranking of a report (or of ``summarise``) into the store: the torch plan's default eviction policy."""
+    measurements.put(KV_RANKING, kv_ranking(report))
+
+
+def run_from_args(args: Any, measurements: MeasurementStore) -> dict[str, Any]:
     """`hearth bench kv`: the CLI prints the report and writes it to --json; --tokens sets decode length."""
     n_decode = max(1, min(int(getattr(args, "tokens", 32) or 32), MAX_DECODE))
     report = run(n_decode=n_decode)
-    return save(report, getattr(args, "json_path", None))
+    return save(report, getattr(args, "json_path", None), measurements)

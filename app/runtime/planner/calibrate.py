@@ -3,22 +3,22 @@
 A naive roofline over-predicts: SmolLM2's 92 MiB per token at the 26 GB/s this machine copies
 would be ~270 tok/s, while llama.cpp decodes ~110. One short measured run fixes the effective
 bandwidth factor for the memory that bounds decode (the CPU's per-core rate or RAM, or the GPU's
-VRAM); the plan then says "calibrated" instead of "Hearth's defaults".
+VRAM); the plan then says "calibrated" instead of "Hearth's defaults". `hearth bench` keeps it in
+the measurement store, where ``saved_calibration`` reads it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo
-from app.runtime.planner import policy, speed
+from app.runtime.measurements import CALIBRATION, MeasurementStore
+from app.runtime.planner import measured, policy, speed
 from app.runtime.planner.schema import Plan, UserPrefs
 from app.runtime.planner.shape import read_shape
 from app.runtime.planner.speed import Calibration
@@ -30,26 +30,9 @@ LONG_CONTEXT = 4096
 PROMPT = "Write a long numbered list of everyday objects, one per line, with a short description of each."
 
 
-def _cache_file() -> Path:
-    from app.paths import paths
-
-    return paths().cache / "planner-calibration.json"
-
-
-def _machine_key(hw: Hardware) -> str:
-    gpus = ",".join(g.name for g in hw.gpus)
-    return f"{hw.cpu_name}|{hw.cpu_cores_physical}|{hw.ram_total}|{gpus}"
-
-
-def saved_calibration(hw: Hardware) -> Calibration:
-    """The calibration measured on this machine, or the defaults when there is none."""
-    try:
-        saved = json.loads(_cache_file().read_text(encoding="utf-8"))
-        if saved.get("machine") == _machine_key(hw):
-            return Calibration(**saved["calibration"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.debug("no saved calibration: %s", exc)
-    return policy.DEFAULT_CALIBRATION
+def saved_calibration(hw: Hardware, measurements: MeasurementStore | None) -> Calibration:
+    """The calibration measured on this machine (kept in ``measurements``), or the defaults."""
+    return measured.calibration(hw, measurements)
 
 
 @dataclass(frozen=True)
@@ -86,10 +69,11 @@ def measure_decode(model: ModelInfo, made: Plan, *, prompt: str = PROMPT, n_toke
     return best
 
 
-def calibrate(model: ModelInfo, hw: Hardware, *, save: bool = True) -> tuple[Calibration, dict[str, Any]]:
+def calibrate(model: ModelInfo, hw: Hardware, *, measurements: MeasurementStore | None = None) -> tuple[Calibration, dict[str, Any]]:
     """Two short decodes: one with an almost empty context sets the effective bandwidth of the
     memory that bounds decode; one with ~1,000 tokens in the cache sets what attention over the
-    cache really costs (the roofline's KV term is a lower bound: on a CPU it is partly compute)."""
+    cache really costs (the roofline's KV term is a lower bound: on a CPU it is partly compute).
+    The result is saved in ``measurements`` when given (a bench writes the store, a test need not)."""
     shape = read_shape(model)
     default = policy.DEFAULT_CALIBRATION
     made = policy.plan(model, hw, UserPrefs(context_length=LONG_CONTEXT), shape=shape, calibration=default)
@@ -123,10 +107,8 @@ def calibrate(model: ModelInfo, hw: Hardware, *, save: bool = True) -> tuple[Cal
         "kv_cost": round(kv_cost, 3),
         "bound": bound,
     }
-    if save:
-        path = _cache_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": _machine_key(hw), "calibration": calibration.to_dict(), "report": report}, indent=2), encoding="utf-8")
+    if measurements is not None:
+        measurements.put(CALIBRATION, {"calibration": calibration.to_dict(), "report": report})
     log.info("calibrated the speed model: %s -> %s", report, calibration)
     return calibration, report
 

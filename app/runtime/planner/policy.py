@@ -1,7 +1,8 @@
 """``plan(model, hardware, prefs) -> Plan``: every runtime setting, each with the reason it was chosen.
 
-Pure: the hardware and the model's shape come in as values (``profiles.detect()`` and
-``shape.read_shape()`` do the I/O), so any plan can be made for any machine and tested anywhere.
+Pure: the hardware, the model's shape and the measurements come in as values (``profiles.detect()``,
+``shape.read_shape()`` and the measurement store's owner do the I/O), so any plan can be made for
+any machine and tested anywhere.
 A person's override always wins and is marked ``overridden``; one that cannot fit is refused with
 what would (``ContextTooLarge``/``TooManyGpuLayers``), never silently cut.
 """
@@ -14,7 +15,8 @@ from typing import Any
 
 from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo
-from app.runtime.planner import fitting, quant, reasons
+from app.runtime.measurements import MeasurementStore
+from app.runtime.planner import fitting, measured, quant, reasons
 from app.runtime.planner.fitting import Fit, Search
 from app.runtime.planner.layout import Budgets
 from app.runtime.planner.schema import Choice, ContextTooLarge, Plan, TooManyGpuLayers, UserPrefs
@@ -35,18 +37,24 @@ def plan(
     prefs: UserPrefs | None = None,
     *,
     shape: ModelShape | None = None,
-    calibration: Calibration = DEFAULT_CALIBRATION,
+    calibration: Calibration | None = None,
+    measurements: MeasurementStore | None = None,
     torch_prefs: Any = None,
     **torch_measured: Any,
 ) -> Plan:
     """Choose how to run ``model`` on ``hw``. ``shape``: the exact shape from ``read_shape`` when
-    the file is at hand (else estimated from ``model``); ``torch_prefs``: the torch backend's own
-    preferences (`torch_plan.TorchPrefs`), ``torch_measured`` its measured inputs when given
-    (``dtype_speed``, ``quant_speedup``; else read from this machine). Raises RuntimeFailure when it cannot run."""
+    the file is at hand (else estimated from ``model``); ``measurements``: what benches measured
+    (`MeasurementStore`; None plans with Hearth's defaults), read only when ``hw`` is the machine
+    they were taken on; ``calibration`` given outright wins over the measured one;
+    ``torch_prefs``: the torch backend's own preferences (`torch_plan.TorchPrefs`),
+    ``torch_measured`` its measured inputs given outright (``dtype_speed``, ``quant_speedup``).
+    Raises RuntimeFailure when it cannot run."""
     prefs = prefs or UserPrefs()
     backend = choose_backend(model, prefs)
     if backend.value == "torch":
-        return plan_torch(model, hw, prefs, backend=backend, torch_prefs=torch_prefs, **torch_measured)
+        return plan_torch(model, hw, prefs, backend=backend, torch_prefs=torch_prefs, measurements=measurements, **torch_measured)
+    if calibration is None:
+        calibration = measured.calibration(hw, measurements)
     return BACKEND_PLANNERS[backend.value](model, hw, prefs, backend=backend, shape=shape, calibration=calibration)
 
 

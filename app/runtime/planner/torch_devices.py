@@ -3,7 +3,7 @@
 ``dtype_speed`` times a matrix-vector product at the model's shapes in fp32 and bf16 (what one
 decode step is made of on a CPU): whether bf16 is faster depends on the CPU (AVX512-BF16/AMX
 make it so; elsewhere torch converts to fp32 on the fly and the halved bytes may or may not pay).
-It is measured once per machine and shape and cached, as ``calibrate`` caches its decode figures.
+It is measured once per machine and shape and kept in the measurement store, where the plan reads it.
 
 ``device_map`` asks accelerate where each module goes under per-device budgets, on a model built
 on the meta device from its config (no weights are read), so a 70B plan costs a second, not RAM.
@@ -11,45 +11,20 @@ on the meta device from its config (no weights are read), so a 70B plan costs a 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from app.runtime.hardware import Hardware
-
 log = logging.getLogger(__name__)
 
 BENCH_BYTES = 64 * 2**20  # fp32 weights streamed per timing: past the caches, like a real decode
-_CACHE_NAME = "torch-dtype-speed.json"
 
 
-def _cache_file() -> Path:
-    from app.paths import paths
-
-    return paths().cache / _CACHE_NAME
-
-
-def _key(hw: Hardware, rows: int, cols: int) -> str:
-    return f"{hw.cpu_name}|{hw.cpu_cores_physical}|{rows}x{cols}"
-
-
-def saved_dtype_speed(hw: Hardware, rows: int, cols: int) -> dict[str, float] | None:
-    try:
-        saved = json.loads(_cache_file().read_text(encoding="utf-8"))
-        value = saved.get(_key(hw, rows, cols))
-        return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else None
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def dtype_speed(hw: Hardware, rows: int, cols: int, *, threads: int | None = None) -> dict[str, float] | None:
-    """GB/s of weights a matrix-vector product streams in each CPU dtype, for [rows, cols] weights;
-    measured once per machine and shape (about a second). None for a hardware profile (not this machine)."""
-    saved = saved_dtype_speed(hw, rows, cols)
-    if saved is not None or hw.source != "probe":
-        return saved
+def measure_dtype_speed(rows: int, cols: int, *, threads: int | None = None) -> dict[str, float] | None:
+    """GB/s of weights a matrix-vector product streams in each CPU dtype, for [rows, cols] weights,
+    and products per second (about a second); None without torch. The caller keeps the result in
+    the measurement store (``torch_plan.measure_missing``)."""
     try:
         import torch
     except ImportError:
@@ -71,16 +46,6 @@ def dtype_speed(hw: Hardware, rows: int, cols: int, *, threads: int | None = Non
                 best = min(best, time.perf_counter() - started)
             result[name] = round(n_mats * rows * cols * weights[0].element_size() / best / 1e9, 3)
             result[f"{name}_matvec_per_s"] = round(n_mats / best, 1)
-    try:
-        path = _cache_file()
-        saved_all = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        saved_all[_key(hw, rows, cols)] = result
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved_all, indent=2), encoding="utf-8")
-        tmp.replace(path)
-    except (OSError, ValueError) as exc:
-        log.info("cannot cache the dtype benchmark: %s", exc)
     log.info("measured CPU matrix-vector speed at %dx%d: %s", rows, cols, result)
     return result
 

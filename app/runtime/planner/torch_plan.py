@@ -20,8 +20,9 @@ from typing import Any
 
 from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo
+from app.runtime.measurements import CPU_DTYPE_SPEED, MeasurementStore
+from app.runtime.planner import measured, torch_devices
 from app.runtime.planner import speed as speed_model
-from app.runtime.planner import torch_devices
 from app.runtime.planner.layout import Budgets
 from app.runtime.planner.memory import fmt_bytes
 from app.runtime.planner.schema import Choice, Plan, UserPrefs
@@ -85,15 +86,17 @@ class _Option:
 
 
 def plan_torch(model: ModelInfo, hw: Hardware, prefs: UserPrefs, *, backend: Choice, torch_prefs: TorchPrefs | None = None,
+               measurements: MeasurementStore | None = None,
                dtype_speed: dict[str, float] | None = None, quant_speedup: float | None = None, **_: object) -> Plan:
-    """``dtype_speed``/``quant_speedup`` come measured (tests pass them); by default they are read
-    from this machine's saved benchmarks (``torch_devices.dtype_speed``, ``torch_quant.cpu_speedup``)."""
+    """``dtype_speed``/``quant_speedup`` given outright win (tests pass them); else they are read
+    from ``measurements`` (the CPU matrix-vector timing ``measure_missing`` takes, and
+    `hearth bench kernels`' int8 speed-up), as is `hearth bench kv`'s best eviction policy."""
     tp = torch_prefs or TorchPrefs()
     gpu = next((g for g in hw.gpus if g.vendor in ("nvidia", "amd")), None)
     budgets = Budgets.of(hw, safety_margin=prefs.safety_margin_bytes, ram_margin=prefs.ram_margin_bytes)
     threads = prefs.threads or max(hw.cpu_cores_physical, 1)
     if gpu is None and dtype_speed is None and tp.dtype is None:
-        dtype_speed = torch_devices.dtype_speed(hw, _ffn_rows(model), model.n_embd, threads=threads)
+        dtype_speed = measured.dtype_speed(hw, measurements, _ffn_rows(model), model.n_embd)
     dtype = choose_dtype(hw, gpu, tp, dtype_speed)
     n_ctx = prefs.context_length or min(model.context_length or 4096, DEFAULT_MAX_CONTEXT)
     kv_per_token = 2 * model.n_layers * model.n_head_kv * model.head_dim * DTYPE_BYTES[dtype.value]
@@ -101,11 +104,12 @@ def plan_torch(model: ModelInfo, hw: Hardware, prefs: UserPrefs, *, backend: Cho
     device_budget = (budgets.gpus[gpu.index] if gpu is not None and gpu.index < len(budgets.gpus) else 0) if gpu else budgets.ram
     # the KV cache takes what the weights leave, or a quarter of the device when they do not fit it
     left = device_budget - COMPUTE_RESERVE - weights16
-    kv = choose_kv(model, tp, n_ctx, kv_per_token, max(left if left > device_budget // 4 else device_budget // 4, 0))
+    kv = choose_kv(model, tp, n_ctx, kv_per_token, max(left if left > device_budget // 4 else device_budget // 4, 0),
+                   ranking=measured.kv_ranking(measurements))
     kv_tokens = kv.value["budget_tokens"]
     kv_bytes = kv_tokens * kv_per_token
     if quant_speedup is None and gpu is None:
-        quant_speedup = _saved_cpu_speedup("int8")
+        quant_speedup = measured.quant_speedup(hw, measurements, "int8")
     option, why = choose_weights(model, hw, budgets, gpu, dtype.value, tp, kv_bytes, quant_speedup)
     placement = choose_device_map(model, gpu, budgets, option, dtype.value, kv_bytes, tp)
     compile_choice = choose_compile(gpu, tp, kv.value["policy"], placement.value)
@@ -145,12 +149,19 @@ def _ffn_rows(model: ModelInfo) -> int:
     return torch_devices._ffn_width(model) if model.format != "hf" else max(model.n_embd * 8 // 3, 256)
 
 
-def _saved_cpu_speedup(scheme: str) -> float | None:
-    try:
-        from app.runtime.quantize.torch_quant import cpu_speedup
-    except ImportError:
-        return None
-    return cpu_speedup(scheme)
+def measure_missing(model: ModelInfo, hw: Hardware, prefs: UserPrefs, torch_prefs: TorchPrefs | None, measurements: MeasurementStore) -> None:
+    """Take what a CPU torch plan of ``model`` would read from ``measurements`` and this machine has
+    not measured yet: the matrix-vector speed per dtype at the model's shapes (about a second,
+    once per machine and shape). The engine calls it before planning; the plan itself measures nothing."""
+    tp = torch_prefs or TorchPrefs()
+    gpu = next((g for g in hw.gpus if g.vendor in ("nvidia", "amd")), None)
+    if gpu is not None or tp.dtype is not None or not measurements.describes(hw):
+        return
+    rows, cols = _ffn_rows(model), model.n_embd
+    if measured.dtype_speed(hw, measurements, rows, cols) is None:
+        result = torch_devices.measure_dtype_speed(rows, cols, threads=prefs.threads or max(hw.cpu_cores_physical, 1))
+        if result is not None:
+            measurements.put(CPU_DTYPE_SPEED, result, key=measured.dtype_key(rows, cols))
 
 
 def choose_dtype(hw: Hardware, gpu: Any, tp: TorchPrefs, measured: dict[str, float] | None) -> Choice:
@@ -171,8 +182,9 @@ def choose_dtype(hw: Hardware, gpu: Any, tp: TorchPrefs, measured: dict[str, flo
     return Choice("float32", "float32: without native bf16 instructions a CPU converts bf16 on the fly (not measured: a hardware profile).")
 
 
-def choose_kv(model: ModelInfo, tp: TorchPrefs, n_ctx: int, per_token: int, room: int) -> Choice:
-    """Full cache when the wanted context's KV fits ``room``; else an eviction policy at what fits."""
+def choose_kv(model: ModelInfo, tp: TorchPrefs, n_ctx: int, per_token: int, room: int, *, ranking: tuple[str, str] | None = None) -> Choice:
+    """Full cache when the wanted context's KV fits ``room``; else an eviction policy at what fits
+    (``ranking``: the best policy `hearth bench kv` measured, and why)."""
     full = n_ctx * per_token
     if tp.kv_policy is not None or tp.kv_budget is not None:
         policy = tp.kv_policy or DEFAULT_EVICTION
@@ -183,7 +195,7 @@ def choose_kv(model: ModelInfo, tp: TorchPrefs, n_ctx: int, per_token: int, room
         return Choice({"policy": "full", "budget_tokens": n_ctx},
                       f"Full cache: {n_ctx:,} tokens of KV take {fmt_bytes(full)}, which fits next to the weights.")
     budget = max(16, min(n_ctx, room // max(per_token, 1)))
-    policy, why = default_eviction()
+    policy, why = default_eviction(ranking)
     return Choice(
         {"policy": policy, "budget_tokens": budget},
         f"{policy} with {budget:,} tokens: a {n_ctx:,}-token context's KV needs {fmt_bytes(full)}, and "
@@ -191,16 +203,10 @@ def choose_kv(model: ModelInfo, tp: TorchPrefs, n_ctx: int, per_token: int, room
     )
 
 
-def default_eviction() -> tuple[str, str]:
-    """The eviction policy the KV bench measured best on this machine, else sink + window."""
-    try:
-        from app.runtime.kv import default_policy
-
-        name, why = default_policy()
-        if name in KV_POLICIES and name != "full":
-            return name, why
-    except (ImportError, RuntimeFailure, OSError, ValueError) as exc:
-        log.info("no measured default KV policy: %s", exc)
+def default_eviction(ranking: tuple[str, str] | None) -> tuple[str, str]:
+    """The eviction policy the KV bench measured best (``ranking``), else sink + window."""
+    if ranking is not None and ranking[0] in KV_POLICIES and ranking[0] != "full":
+        return ranking
     return DEFAULT_EVICTION, ("A few first (sink) tokens and the most recent window are kept, so the model stays "
                               "coherent past the budget (StreamingLLM); not yet measured against the others here.")
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.runtime.kv import OBSERVED_ATTENTION, POLICIES, default_policy, make_cache
+from app.runtime.kv import OBSERVED_ATTENTION, POLICIES, make_cache
 from app.runtime.kv import bench as kv_bench
+from app.runtime.measurements import KV_RANKING, Machine, MemoryMeasurementStore
 from app.runtime.texts import held_out_text, long_text
 
 N_NEW = 20
@@ -96,19 +96,30 @@ def test_the_long_text_is_long_natural_english_in_two_disjoint_parts(smollm2) ->
         assert sum(w.lower() in {"the", "and", "of", "to"} for w in words) > len(words) / 20  # English prose
 
 
-def test_default_policy_is_the_best_measured_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    saved = tmp_path / "kv.json"
-    monkeypatch.setattr(kv_bench, "saved_path", lambda: saved)
-    name, reason = default_policy()
+def test_the_torch_plan_evicts_with_the_best_measured_policy() -> None:
+    from app.runtime.library import ModelInfo
+    from app.runtime.planner import UserPrefs, load_profile, plan
+
+    store = MemoryMeasurementStore(Machine("test-cpu", 2, 2**33))
+    model = ModelInfo(id="m", name="m", path="/m", format="hf", source="folder", file_size=1, architecture="llama",
+                      parameters=135_000_000, quantization=None, context_length=8192, n_layers=30, n_embd=576, n_head=9, n_head_kv=3, head_dim=64,
+                      vocab_size=49152, has_chat_template=True)
+    huge = UserPrefs(backend="torch", context_length=1_000_000)  # 1M tokens of KV fit no 4 GB GPU: the plan evicts
+
+    def eviction() -> tuple[str, str]:
+        made = plan(model, load_profile("gtx1650-4gb"), huge, measurements=store)
+        return made.kv_eviction.value["policy"], made.kv_eviction.reason
+
+    name, reason = eviction()
     assert name == "sink_window" and "StreamingLLM" in reason  # nothing measured yet
     budgets = kv_bench.budgets_for(400)
     long_nll = {"full": [2.0] * 399, "sink_window": [2.2] * 399, "h2o": [2.1] * 399, "snapkv": [2.3] * 399, "keydiff": [2.4] * 399}
     runs = {"policies": {p: {"10%": 50.0, "50%": 8.0} for p in kv_bench.EVICTING}, "window": 90.0}
     within = kv_bench.within_section(400, budgets, long_nll, runs)
     summary = kv_bench.summarise(within, {})
-    saved.write_text(json.dumps(summary))
-    name, reason = default_policy()
-    assert name == "h2o" == summary["best_per_budget"]["25%"]["policy"]
-    assert "h2o measured best" in reason
-    saved.write_text("{not json")
-    assert default_policy()[0] == "sink_window"
+    kv_bench.keep_ranking(summary, store)
+    assert store.get(KV_RANKING)["best"] == "h2o" == summary["best_per_budget"]["25%"]["policy"]
+    name, reason = eviction()
+    assert name == "h2o" and "h2o measured best" in reason
+    store.forget(KV_RANKING)
+    assert eviction()[0] == "sink_window"

@@ -5,18 +5,24 @@ from __future__ import annotations
 import dataclasses
 
 from app.runtime import hardware, library, planner
+from app.runtime.measurements import MemoryMeasurementStore
 from app.runtime.planner import calibrate
 
 
 def test_calibration_is_measured_saved_and_used() -> None:
     model = library.read_gguf(library.embedded_model_path(), source="embedded")
-    hw = hardware.probe()
+    store = MemoryMeasurementStore(hardware.this_machine())
+    hw = hardware.probe(measurements=store)
     other_machine = dataclasses.replace(hw, cpu_name="Some Other CPU")
-    measured, report = calibrate.calibrate(model, hw)
+    assert calibrate.saved_calibration(hw, store) == planner.DEFAULT_CALIBRATION  # nothing measured yet
+    measured, report = calibrate.calibrate(model, hw, measurements=store)
     assert report["measured_tokens_per_s"] > 0 and report["bound"] in ("per-core rate", "RAM", "VRAM")
     assert measured.source.startswith("measured")
-    assert calibrate.saved_calibration(hw) == measured
-    assert calibrate.saved_calibration(other_machine) == planner.DEFAULT_CALIBRATION  # per machine
+    assert calibrate.saved_calibration(hw, store) == measured
+    assert calibrate.saved_calibration(other_machine, store) == planner.DEFAULT_CALIBRATION  # per machine
+    assert calibrate.saved_calibration(planner.load_profile("cpu-16gb"), store) == planner.DEFAULT_CALIBRATION  # not for a profile
+    assert planner.plan(model, hw, planner.UserPrefs(context_length=1024), measurements=store).speed.value == \
+        planner.plan(model, hw, planner.UserPrefs(context_length=1024), calibration=measured).speed.value  # the planner reads it from the store
     made = planner.plan(model, hw, planner.UserPrefs(context_length=1024), calibration=measured)
     assert "measured" in made.speed.reason or "calibrat" in made.speed.reason
     # The calibrated prediction at the calibration's own point is the measurement, up to overheads.
@@ -25,7 +31,7 @@ def test_calibration_is_measured_saved_and_used() -> None:
 
 def test_prediction_falls_as_the_context_fills() -> None:
     model = library.read_gguf(library.embedded_model_path(), source="embedded")
-    made = planner.plan(model, hardware.probe(), planner.UserPrefs(context_length=4096))
+    made = planner.plan(model, hardware.probe(measurements=MemoryMeasurementStore(hardware.this_machine())), planner.UserPrefs(context_length=4096))
     speeds = [calibrate.predict_at(made, fill) for fill in (0, 1000, 4096)]
     assert speeds[0] == made.speed.value["decode_tokens_per_s"]
     assert speeds[0] > speeds[1] > speeds[2]
