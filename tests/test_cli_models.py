@@ -69,3 +69,57 @@ def test_pull_then_ls_then_rm(fake_hub: Any) -> None:
     assert not target.exists() and "freed" in removed.stdout
     embedded = hearth("models", "rm", "smollm2-135m-instruct-q4_1", "--yes")
     assert embedded.returncode == 1 and "cannot be deleted" in embedded.stderr
+
+
+def test_ctrl_c_pauses_a_pull_and_the_same_command_resumes_it(fake_hub: Any) -> None:
+    import signal
+    import time
+
+    fake_hub.stall[GGUF_NAME] = (25 * 2**20, 30.0)  # the server stops after 25 MiB: a window for Ctrl-C
+    exe = shutil.which("hearth", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "app"]
+    pull = subprocess.Popen([*command, "models", "pull", REPO, GGUF_NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    partials = Path(os.environ["HEARTH_HOME"]) / "data" / "models" / hub_fixture.REPO_DIR / ".partial"
+    deadline = time.monotonic() + 120
+    while sum(p.stat().st_size for p in partials.glob("*.incomplete")) < 10 * 2**20:  # a file appears: no event to wait on
+        assert pull.poll() is None and time.monotonic() < deadline, pull.communicate()
+        time.sleep(0.1)
+    pull.send_signal(signal.SIGINT)
+    out, err = pull.communicate(timeout=60)
+    assert pull.returncode == 130, err
+    assert "paused at" in err and f"hearth models pull {REPO} {GGUF_NAME}" in err and "to resume" in err and out == ""
+    assert list(partials.glob("*.incomplete"))  # the pause kept the partial file
+
+    fake_hub.stall.pop(GGUF_NAME, None)
+    resumed = hearth("models", "pull", REPO, GGUF_NAME)
+    assert resumed.returncode == 0, resumed.stderr
+    assert fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}")[-1].headers["range"].startswith("bytes=")  # resumed, not restarted
+
+
+def test_a_second_ctrl_c_cancels_the_pull_instead_of_pausing_it(fake_hub: Any) -> None:
+    import signal
+    import time
+
+    # The file's body stalls from its first byte: a pause waits for bytes (or the read timeout), so
+    # the second press comes while the job is still stopping.
+    fake_hub.stall[GGUF_NAME] = (0, 30.0)
+    exe = shutil.which("hearth", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "app"]
+    pull = subprocess.Popen([*command, "models", "pull", REPO, GGUF_NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert pull.stderr is not None
+    deadline = time.monotonic() + 120
+    while not fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}"):  # a request the server records: no event to wait on
+        assert pull.poll() is None and time.monotonic() < deadline, pull.communicate()
+        time.sleep(0.1)
+    pull.send_signal(signal.SIGINT)
+    said = []
+    for line in pull.stderr:  # the first press is taken: a pause...
+        said.append(line)
+        if "pausing" in line:
+            break
+    pull.send_signal(signal.SIGINT)  # ...and the second one makes it a cancel
+    out, err = pull.communicate(timeout=90)
+    assert pull.returncode == 130, "".join(said) + err
+    assert "cancelling" in err and "cancelled" in err.splitlines()[-1] and "to resume" not in err and out == ""
+    partials = Path(os.environ["HEARTH_HOME"]) / "data" / "models" / hub_fixture.REPO_DIR / ".partial"
+    assert not list(partials.glob("*.incomplete"))  # a cancel keeps nothing to resume from

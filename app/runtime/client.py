@@ -52,6 +52,10 @@ class RuntimeClient(ABC):
     def cancel(self, request_id: str) -> None:
         self.submit(Method.CANCEL, {"target": request_id})
 
+    def pause(self, request_id: str) -> None:
+        """Stop a job keeping what resumes it (a job that cannot resume is cancelled)."""
+        self.submit(Method.PAUSE, {"target": request_id})
+
     def call(self, method: str | Method, params: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Send a request and wait for its result; an error event is raised as RuntimeFailure."""
         for event in self.stream(method, params, timeout=timeout):

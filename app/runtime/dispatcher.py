@@ -169,7 +169,7 @@ class Dispatcher:
 
     def _execute(self, request: Request, state: JobContext, spec: MethodSpec[Any, Any]) -> None:
         try:
-            params = request.params if spec.params is dict else decode_params(spec.params, request.params)
+            params = decode_params(spec.params, request.params)
             result = encode_result(spec.handler(params, state))
             result.setdefault("status", JobStatus.DONE.value if state.stop_requested is None else state.stop_requested.value)
         except JobStopped as stopped:

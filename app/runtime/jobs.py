@@ -175,7 +175,3 @@ class JobContext:
 
     def log(self, message: str, level: str = "info") -> None:
         self._emit(Event(self.request_id, EventKind.LOG, {"level": level, "message": message}))
-
-
-# The name the first wave used; kept for the modules not yet moved to the declared shape.
-JobState = JobContext

@@ -69,6 +69,10 @@ class Method(str, Enum):
     SERVER_STATUS = "server.status"
     SERVER_LOG = "server.log"
     SERVER_GENERATE = "server.generate"  # one API request's generation, queued with the chats
+    DOCS_ADD = "docs.add"  # index files and folders into a named document collection (a pausable job)
+    DOCS_LIST = "docs.list"
+    DOCS_REMOVE = "docs.remove"
+    DOCS_SEARCH = "docs.search"
     CANCEL = "cancel"
     PAUSE = "pause"
     SHUTDOWN = "shutdown"
@@ -226,6 +230,8 @@ class Sampling:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Sampling:
+        if raw is not None and not isinstance(raw, dict):
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'sampling' must be an object, not {raw!r}")
         raw = dict(raw or {})
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
@@ -284,18 +290,21 @@ class ChatParams:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ChatParams:
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"unknown parameter(s) {', '.join(unknown)} (known: {', '.join(f.name for f in fields(cls))})")
         messages = raw.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'messages' must be a non-empty list")
         clean = []
         for i, message in enumerate(messages):
             if not isinstance(message, dict):
-                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"message {i} must be an object")
+                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'messages[{i}]' must be an object")
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
-                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"message {i} has an unknown role {role!r}")
+                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'messages[{i}]' has an unknown role {role!r}")
             if not isinstance(content, str):
-                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"message {i} needs string content")
+                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'messages[{i}]' needs string content")
             clean.append({"role": role, "content": content})
         model = raw.get("model")
         if model is not None:
@@ -434,12 +443,22 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     raise TypeError(f"decode_params cannot check a field of type {hint!r} ({name})")  # a declaration bug
 
 
+OMIT_NONE = "hearth.omit_none"
+
+
+def omitted_when_none(default: Any = None) -> Any:
+    """A result field that is left out of the JSON while it is None: for a key that only some
+    results carry (an unloaded engine has no ``model``), so that readers see the same object."""
+    return field(default=default, metadata={OMIT_NONE: True})
+
+
 def encode_result(result: Any) -> dict[str, Any]:
     """A handler's result as the ``result`` event's data (a dataclass, or already a dict)."""
     import dataclasses
 
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        data = {f.name: _plain(getattr(result, f.name)) for f in dataclasses.fields(result)}
+        data = {f.name: _plain(getattr(result, f.name)) for f in dataclasses.fields(result)
+                if not (f.metadata.get(OMIT_NONE) and getattr(result, f.name) is None)}
     elif isinstance(result, dict):
         data = {str(k): _plain(v) for k, v in result.items()}
     else:

@@ -17,8 +17,9 @@ from safetensors.numpy import save_file
 
 from app.runtime import hub, library
 from app.runtime.hub import transfer as hub_download
+from app.runtime.jobs import JobContext, JobStopped
 from app.runtime.planner.profiles import PROFILES
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, Event, JobStatus, RuntimeFailure
 
 _spec = importlib.util.spec_from_file_location("hub_server", Path(__file__).with_name("hub_server.py"))
 assert _spec is not None and _spec.loader is not None
@@ -34,18 +35,24 @@ GGUF_NAME = library.EMBEDDED_FILE
 MIB = 1024 * 1024
 
 
-class State:
-    """Like jobs.JobState: a cancel flag and recorded progress; ``pause_at`` cancels itself mid-way."""
+class State(JobContext):
+    """A download's job context that records its progress; ``pause_at`` / ``cancel_at`` ask it to
+    stop once the download is that far, as a ``pause`` / ``cancel`` request would."""
 
-    def __init__(self, pause_at: float | None = None) -> None:
-        self.cancelled = False
+    def __init__(self, pause_at: float | None = None, cancel_at: float | None = None) -> None:
         self.events: list[dict[str, Any]] = []
-        self.pause_at = pause_at
+        self.pause_at, self.cancel_at = pause_at, cancel_at
+        super().__init__("test", self._record, pausable=True)
 
-    def progress(self, stage: str, *, fraction: float | None = None, message: str = "", **extra: Any) -> None:
-        self.events.append({"stage": stage, "fraction": fraction, "message": message, **extra})
-        if self.pause_at is not None and fraction is not None and fraction >= self.pause_at:
-            self.cancelled = True
+    def _record(self, event: Event) -> None:
+        self.events.append(dict(event.data))
+        fraction = event.data.get("fraction")
+        if event.data.get("stage") != "download" or fraction is None:
+            return
+        if self.pause_at is not None and fraction >= self.pause_at:
+            self.pause()
+        if self.cancel_at is not None and fraction >= self.cancel_at:
+            self.cancel()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +131,7 @@ def test_list_files_groups_variants_with_fit_badges(fake_hub: Any, files: dict[s
 def test_download_verifies_and_reports_progress(fake_hub: Any, files: dict[str, Any], tmp_path: Path) -> None:
     state = State()
     for name in ("model.safetensors", "config.json"):  # LFS sha256 and git blob sha1
-        path = hub.download(ST_REPO, name, dest_dir=tmp_path / "models", state=state, endpoint=fake_hub.url)
+        path = hub.download(ST_REPO, name, dest_dir=tmp_path / "models", ctx=state, endpoint=fake_hub.url)
         assert path == tmp_path / "models" / name
     assert (tmp_path / "models" / "config.json").read_bytes() == files["config"].source
     assert hashlib.sha256((tmp_path / "models" / "model.safetensors").read_bytes()).hexdigest() == files["safetensors"].sha256
@@ -136,14 +143,14 @@ def test_download_verifies_and_reports_progress(fake_hub: Any, files: dict[str, 
     paths_info = fake_hub.calls("POST", "/paths-info/")[0]
     assert paths_info.path == f"/api/models/{ST_REPO}/paths-info/{fake_hub.repos[ST_REPO].sha}"
     done = [e for e in state.events if e["stage"] == "download" and e["filename"] == "model.safetensors"]
-    assert done[-1]["downloaded"] == done[-1]["total"] == files["safetensors"].size
+    assert done[-1]["done"] == done[-1]["total"] == files["safetensors"].size and done[-1]["unit"] == "bytes"
     assert state.events[-1]["stage"] == "done"
 
 
 def test_dropped_connection_resumes_with_range(fake_hub: Any, files: dict[str, Any], tmp_path: Path) -> None:
     size = files["gguf"].size
     fake_hub.drop_after[GGUF_NAME] = 25 * MIB + 123
-    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, state=State(), endpoint=fake_hub.url)
+    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=State(), endpoint=fake_hub.url)
     assert path.stat().st_size == size
     first, second = fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}")
     assert "range" not in first.headers and first.sent == 25 * MIB + 123
@@ -157,31 +164,41 @@ def test_paused_download_survives_restart_and_resumes(
 ) -> None:
     monkeypatch.setattr(hub_download, "PROGRESS_INTERVAL", 0.0)  # a progress event per chunk: pause_at is exact
     size = files["gguf"].size
-    with pytest.raises(hub.DownloadPaused) as paused:
-        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, state=State(pause_at=0.3), endpoint=fake_hub.url)
-    assert paused.value.kind is ErrorKind.CANCELLED
+    with pytest.raises(JobStopped) as paused:
+        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=State(pause_at=0.3), endpoint=fake_hub.url)
+    assert paused.value.status is JobStatus.PAUSED and "paused at" in paused.value.message
     part = hub.partial_path(tmp_path, GGUF_NAME, files["gguf"].sha256)
     kept = part.stat().st_size
-    assert 0.3 * size <= kept < size and kept == paused.value.have and not (tmp_path / GGUF_NAME).exists()
+    assert 0.3 * size <= kept < size and not (tmp_path / GGUF_NAME).exists()
+    assert paused.value.kept == {"filename": GGUF_NAME, "downloaded": kept, "total": size}
 
     state = State()  # a new job, as after an app restart: only the partial file carries over
-    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, state=state, endpoint=fake_hub.url)
+    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=state, endpoint=fake_hub.url)
     resumed = fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}")[-1]
     assert resumed.headers["range"] == f"bytes={kept}-" and resumed.sent == size - kept
     assert hashlib.sha256(path.read_bytes()).hexdigest() == files["gguf"].sha256 and not part.exists()
     first = next(e for e in state.events if e["stage"] == "download")
-    assert first["downloaded"] == kept  # progress starts where the partial file stopped
+    assert first["done"] == kept  # progress starts where the partial file stopped
 
-    with pytest.raises(hub.DownloadPaused):
-        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path / "again", state=State(pause_at=0.15), endpoint=fake_hub.url)
-    assert hub.discard_partial(GGUF_NAME, dest_dir=tmp_path / "again") > 0  # cancel for good
+    with pytest.raises(JobStopped):
+        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path / "again", ctx=State(pause_at=0.15), endpoint=fake_hub.url)
+    assert hub.discard_partial(GGUF_NAME, dest_dir=tmp_path / "again") > 0  # a paused download dropped for good
     assert not hub.partial_path(tmp_path / "again", GGUF_NAME, files["gguf"].sha256).exists()
+
+
+def test_cancelled_download_removes_its_partial_file(fake_hub: Any, files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_download, "PROGRESS_INTERVAL", 0.0)
+    with pytest.raises(JobStopped) as cancelled:
+        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=State(cancel_at=0.3), endpoint=fake_hub.url)
+    assert cancelled.value.status is JobStatus.CANCELLED and "removed" in cancelled.value.message
+    assert fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}")[0].sent > 0  # it had started writing
+    assert not hub.partial_path(tmp_path, GGUF_NAME, files["gguf"].sha256).exists() and not (tmp_path / GGUF_NAME).exists()
 
 
 def test_corrupted_file_is_rejected_and_not_added(fake_hub: Any, tmp_path: Path) -> None:
     fake_hub.corrupt.add(GGUF_NAME)
     with pytest.raises(RuntimeFailure) as failed:
-        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, state=State(), endpoint=fake_hub.url)
+        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=State(), endpoint=fake_hub.url)
     assert failed.value.kind is ErrorKind.MODEL_INVALID and "corrupted" in failed.value.message
     assert not (tmp_path / GGUF_NAME).exists() and not list((tmp_path / hub_download.PARTIAL_DIR).iterdir())
     assert not [m for m in library.scan([tmp_path]) if m.path.startswith(str(tmp_path))]
@@ -190,7 +207,7 @@ def test_corrupted_file_is_rejected_and_not_added(fake_hub: Any, tmp_path: Path)
 def test_stalled_server_is_retried(fake_hub: Any, files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)  # what HF_HUB_DOWNLOAD_TIMEOUT=1 sets at import
     fake_hub.stall[GGUF_NAME] = (15 * MIB, 30.0)
-    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, state=State(), endpoint=fake_hub.url)
+    path = hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path, ctx=State(), endpoint=fake_hub.url)
     assert path.stat().st_size == files["gguf"].size
     stalled, retried = fake_hub.calls("GET", f"/resolve/main/{GGUF_NAME}")
     assert stalled.sent == 15 * MIB and retried.headers["range"] == f"bytes={10 * MIB}-"
@@ -199,30 +216,30 @@ def test_stalled_server_is_retried(fake_hub: Any, files: dict[str, Any], tmp_pat
 def test_network_error_before_transfer_is_retried_with_backoff(fake_hub: Any, tmp_path: Path) -> None:
     fake_hub.fail_head = 1
     state = State()
-    path = hub.download(ST_REPO, "config.json", dest_dir=tmp_path, state=state, endpoint=fake_hub.url, retry_delays=(0.05, 0.05))
+    path = hub.download(ST_REPO, "config.json", dest_dir=tmp_path, ctx=state, endpoint=fake_hub.url, retry_delays=(0.05, 0.05))
     assert path.is_file() and len(fake_hub.calls("HEAD", "/resolve/")) == 2
     assert any(e.get("retry") == 1 for e in state.events)
 
     fake_hub.fail_head = 5
     with pytest.raises(RuntimeFailure, match="Could not reach the Hugging Face Hub"):
-        hub.download(ST_REPO, "config.json", dest_dir=tmp_path / "b", state=State(), endpoint=fake_hub.url, retry_delays=(0.05,))
+        hub.download(ST_REPO, "config.json", dest_dir=tmp_path / "b", ctx=State(), endpoint=fake_hub.url, retry_delays=(0.05,))
 
 
 def test_not_enough_disk_space_is_refused_before_download(fake_hub: Any, files: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(hub_download.shutil, "disk_usage", lambda p: real._replace(free=files["gguf"].size // 2))
     with pytest.raises(RuntimeFailure, match="Not enough disk space") as refused:
-        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path / "models", state=State(), endpoint=fake_hub.url)
+        hub.download(GGUF_REPO, GGUF_NAME, dest_dir=tmp_path / "models", ctx=State(), endpoint=fake_hub.url)
     assert refused.value.kind is not ErrorKind.INTERNAL
     assert fake_hub.calls("GET", "/resolve/") == [] and not (tmp_path / "models").exists()
 
 
 def test_gated_repo_needs_the_saved_token(fake_hub: Any, tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure, match="gated") as refused:
-        hub.download(GATED_REPO, "gated.Q4_0.gguf", dest_dir=tmp_path, state=State(), endpoint=fake_hub.url)
+        hub.download(GATED_REPO, "gated.Q4_0.gguf", dest_dir=tmp_path, ctx=State(), endpoint=fake_hub.url)
     assert refused.value.kind is ErrorKind.MODEL_NOT_FOUND
     Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
     Path(constants.HF_TOKEN_PATH).write_text("hf_gated_ok")  # what `hf auth login` saves
-    path = hub.download(GATED_REPO, "gated.Q4_0.gguf", dest_dir=tmp_path, state=State(), endpoint=fake_hub.url)
+    path = hub.download(GATED_REPO, "gated.Q4_0.gguf", dest_dir=tmp_path, ctx=State(), endpoint=fake_hub.url)
     assert path.read_bytes() == b"GGUF gated bytes"
     assert fake_hub.calls("GET", "/resolve/")[-1].headers["authorization"] == "Bearer hf_gated_ok"

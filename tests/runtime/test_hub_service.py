@@ -38,27 +38,39 @@ def client(fake_hub: Any) -> Iterator[InProcessClient]:
     c.close()
 
 
-def run(client: InProcessClient, method: Method, params: dict[str, Any], *, pause_after: int | None = None) -> tuple[list[dict[str, Any]], Any]:
-    """Progress events and the final event of a request; cancels it once ``pause_after`` bytes are in."""
+def run(client: InProcessClient, method: Method, params: dict[str, Any], *, stop_after: int | None = None,
+        stop: str = "pause") -> tuple[list[dict[str, Any]], Any]:
+    """Progress events and the final event of a request. Once ``stop_after`` bytes are in, ``stop``
+    ("pause" or "cancel") is sent from inside that progress event, so the job meets it at its next check."""
     events: queue.Queue[Any] = queue.Queue()
-    request_id = client.submit(method, params, events.put)
+    sent = False
+
+    def on_event(event: Any) -> None:
+        nonlocal sent
+        if event.event is EventKind.PROGRESS and stop_after is not None and not sent and (event.data.get("done") or 0) >= stop_after:
+            sent = True
+            getattr(client, stop)(event.id)
+        events.put(event)
+
+    client.submit(method, params, on_event)
     progress: list[dict[str, Any]] = []
     while True:
         event = events.get(timeout=120)
         if event.event is EventKind.PROGRESS:
             progress.append(event.data)
-            if pause_after is not None and (event.data.get("downloaded") or 0) >= pause_after:
-                client.cancel(request_id)
-                pause_after = None
         elif event.is_final:
             return progress, event
+
+
+def partials() -> list[Path]:
+    return list((paths().models / hub_fixture.REPO_DIR / transfer.PARTIAL_DIR).glob("*.incomplete"))
 
 
 def test_search_and_files_with_fit_badges(client: InProcessClient) -> None:
     assert [m["id"] for m in client.call(Method.HUB_SEARCH, {"query": "smol"})["models"]] == [REPO]
     by_likes = client.call(Method.HUB_SEARCH, {"query": "hearth", "sort": "likes"})["models"]
     assert [m["id"] for m in by_likes] == ["hearth-test/other-GGUF", REPO]
-    with pytest.raises(RuntimeFailure, match="sort must be"):
+    with pytest.raises(RuntimeFailure, match="'sort' must be one of"):
         client.call(Method.HUB_SEARCH, {"query": "x", "sort": "size"})
 
     listing = client.call(Method.HUB_FILES, {"repo_id": REPO})
@@ -75,18 +87,21 @@ def test_search_and_files_with_fit_badges(client: InProcessClient) -> None:
 def test_download_pause_resume_lands_in_the_library(client: InProcessClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transfer, "PROGRESS_INTERVAL", 0.0)
     size = hub_fixture.real_gguf().size
-    progress, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO}, pause_after=20 * 2**20)
-    assert final.event is EventKind.ERROR and final.data["kind"] == ErrorKind.CANCELLED.value and "paused" in final.data["message"]
+    progress, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO}, stop_after=20 * 2**20)
+    assert final.event is EventKind.RESULT and final.data["status"] == "paused" and "paused at" in final.data["message"]
     assert progress[0]["stage"] == "chosen" and progress[0]["variant"] == "Q4_1"
     listing = client.call(Method.HUB_FILES, {"repo_id": REPO})
     kept = next(v for v in listing["variants"] if v["name"] == "Q4_1")["partial_bytes"]
     assert 20 * 2**20 <= kept < size
+    assert {k: final.data[k] for k in ("repo_id", "files", "filename", "downloaded", "total")} == {
+        "repo_id": REPO, "files": [GGUF_NAME], "filename": GGUF_NAME, "downloaded": kept, "total": size}
 
     progress, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO, "variant": "Q4_1"})
     assert final.event is EventKind.RESULT, final.data
     target = paths().models / hub_fixture.REPO_DIR / GGUF_NAME
     assert final.data["paths"] == [str(target)] and final.data["bytes"] == size
-    assert next(p for p in progress if p["stage"] == "download")["downloaded"] == kept  # resumed, not restarted
+    assert final.data["status"] == "done"
+    assert next(p for p in progress if p["stage"] == "download")["done"] == kept  # resumed, not restarted
     models = client.call(Method.MODELS_LIST)["models"]
     assert any(m["path"] == str(target) for m in models)
 
@@ -94,12 +109,16 @@ def test_download_pause_resume_lands_in_the_library(client: InProcessClient, mon
     assert listing["fit_source"] == "model"  # the downloaded file's shape gives exact badges now
     assert next(v for v in listing["variants"] if v["name"] == "Q4_1")["downloaded"]
 
-    # cancel for good: pause, then discard the partial file
-    _, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO, "filename": GGUF_NAME}, pause_after=10 * 2**20)
-    assert final.data["kind"] == ErrorKind.CANCELLED.value
+    # a paused download dropped for good: its partial file is discarded
+    _, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO, "filename": GGUF_NAME}, stop_after=10 * 2**20)
+    assert final.data["status"] == "paused" and partials()
     freed = client.call(Method.HUB_DISCARD, {"repo_id": REPO, "filename": GGUF_NAME})["freed"]
-    assert freed >= 10 * 2**20
-    assert not list((paths().models / hub_fixture.REPO_DIR / transfer.PARTIAL_DIR).glob("*.incomplete"))
+    assert freed >= 10 * 2**20 and not partials()
+
+    # a cancel of a running download removes its partial file itself; the finished copy stays
+    _, final = run(client, Method.HUB_DOWNLOAD, {"repo_id": REPO, "filename": GGUF_NAME}, stop_after=10 * 2**20, stop="cancel")
+    assert final.event is EventKind.RESULT and final.data["status"] == "cancelled", final.data
+    assert "removed" in final.data["message"] and not partials() and target.stat().st_size == size
 
     # delete after the UI's confirmation: bytes freed, gone from the library; the embedded model stays
     done = client.call(Method.MODELS_DELETE, {"model": str(target)})
@@ -147,3 +166,11 @@ def test_import_checks_the_file_and_copies_it_into_the_library(client: InProcess
     assert result["id"] in [m["id"] for m in client.call(Method.MODELS_LIST, timeout=60)["models"]]
     with pytest.raises(RuntimeFailure):
         client.call(Method.MODELS_IMPORT, {"path": str(model_path)}, timeout=60)  # already there: said, not overwritten
+
+
+def test_a_cancelled_import_adds_nothing(client: InProcessClient, model_path: Path) -> None:
+    _, final = run(client, Method.MODELS_IMPORT, {"path": str(model_path)}, stop_after=1, stop="cancel")
+    assert final.event is EventKind.RESULT and final.data["status"] == "cancelled" and "nothing was added" in final.data["message"]
+    imported = paths().models / "imported"
+    assert not imported.exists() or not list(imported.iterdir())  # neither the model nor its half copy
+    assert not any(m["path"].startswith(str(imported)) for m in client.call(Method.MODELS_LIST, timeout=60)["models"])

@@ -11,15 +11,9 @@ retry with backoff around the whole transfer.
 from __future__ import annotations
 
 from app.runtime.hub.catalog import group_variants, list_files, quant_from_name, search
-from app.runtime.hub.transfer import (
-    DownloadPaused,
-    discard_partial,
-    download,
-    partial_path,
-)
+from app.runtime.hub.transfer import discard_partial, download, partial_path
 
 __all__ = [
-    "DownloadPaused",
     "discard_partial",
     "download",
     "group_variants",

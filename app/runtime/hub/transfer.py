@@ -6,8 +6,9 @@ Hearth therefore calls the same lower-level pieces ``hf_hub_download`` uses, unm
 ``hf_hub_url`` + ``get_hf_file_metadata`` (HEAD: commit, ETag, size, location) and ``http_get``
 (GET with ``Range: bytes=<partial size>-``, which itself retries dropped connections and read
 timeouts from where it stopped) into a partial file Hearth owns:
-``<dest_dir>/.partial/<name>.<etag>.incomplete``. Pause = stop, keeping it; resume = call again;
-cancel = ``discard_partial``. A finished file is checked against the Hub's sha256 (git blob sha1
+``<dest_dir>/.partial/<name>.<etag>.incomplete``. A pause of the job stops and keeps it (the
+job ends as ``JobStopped(PAUSED)``); resume = call again; a cancel stops and removes it
+(``JobStopped(CANCELLED)``), as ``discard_partial`` does for a paused one. A finished file is checked against the Hub's sha256 (git blob sha1
 for small non-LFS files) and only then moved to ``<dest_dir>/<filename>``.
 
 The read timeout is huggingface_hub's ``HF_HUB_DOWNLOAD_TIMEOUT`` (env var, read into
@@ -33,8 +34,9 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 
 from app.runtime.hub.errors import NO_SPACE_KIND, HubUnreachable, hub_errors
+from app.runtime.jobs import JobContext, JobStopped
 from app.runtime.planner.memory import fmt_bytes
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,17 @@ RETRY_DELAYS: tuple[float, ...] = (2.0, 5.0, 15.0)  # Hearth's own retries, afte
 PROGRESS_INTERVAL = 0.25  # seconds between progress events
 
 
-class DownloadPaused(RuntimeFailure):
-    """The state was cancelled: the partial file is kept and the next ``download`` resumes it."""
-
-    def __init__(self, filename: str, have: int, total: int | None) -> None:
+def stopped(ctx: JobContext, filename: str, *, dest_dir: Path, total: int | None) -> JobStopped:
+    """How a stopped download ends: a pause keeps the partial file (the next ``download`` resumes
+    it) and says how far it got; a cancel removes it."""
+    if ctx.stop_requested is JobStatus.PAUSED:
+        have = _size(dest_dir, filename)
         of = f" of {fmt_bytes(total)}" if total else ""
-        super().__init__(ErrorKind.CANCELLED, f"Download of {filename} paused at {fmt_bytes(have)}{of}; it resumes from there.")
-        self.have = have
+        return JobStopped(JobStatus.PAUSED, f"Download of {filename} paused at {fmt_bytes(have)}{of}; it resumes from there.",
+                          filename=filename, downloaded=have, total=total)
+    freed = discard_partial(filename, dest_dir=dest_dir)
+    return JobStopped(JobStatus.CANCELLED, f"Download of {filename} cancelled; its partial file ({fmt_bytes(freed)}) was removed.",
+                      filename=filename, downloaded=0, total=total)
 
 
 class _Stop(Exception):
@@ -79,7 +85,7 @@ def download(
     filename: str,
     *,
     dest_dir: Path,
-    state: Any,
+    ctx: JobContext,
     revision: str | None = None,
     endpoint: str | None = None,
     token: str | bool | None = None,
@@ -88,21 +94,23 @@ def download(
 ) -> Path:
     """Download ``filename`` of ``repo_id`` to ``dest_dir/filename`` and return its path.
 
-    ``state`` needs ``.cancelled`` and ``.progress(stage, fraction=, message=, **extra)``; progress
-    carries ``downloaded``, ``total``, ``speed`` (bytes/s) and ``eta`` (s). ``token``: None uses
-    huggingface_hub's saved token.
+    Progress is the job's one record (stage ``download``: ``done``/``total`` bytes, ``eta_s``)
+    plus ``filename`` and ``speed`` (bytes/s). A pause or cancel of ``ctx`` raises `JobStopped`
+    (see `stopped`). ``token``: None uses huggingface_hub's saved token.
     """
     dest_dir = Path(dest_dir)
     target = dest_dir / filename
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
     headers = build_hf_headers(token=token)
     attempt = 0
+    size: int | None = None
     while True:
         try:
             with hub_errors(f"downloading {filename}", repo_id):
                 meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
             if meta.etag is None or meta.location is None:
                 raise RuntimeFailure(ErrorKind.INTERNAL, f"The Hub sent no ETag for {filename}; cannot download it safely.")
+            size = meta.size
             part = partial_path(dest_dir, filename, meta.etag)
             _forget_stale_partials(part, filename, dest_dir)
             have = part.stat().st_size if part.exists() else 0
@@ -112,13 +120,13 @@ def download(
             if attempt == 0:
                 check_disk_space(dest_dir, (meta.size or 0) - have, filename, margin=disk_margin)
             with hub_errors(f"downloading {filename}", repo_id):
-                _transfer(meta.location, part, have, meta.size, headers, filename, state)
+                _transfer(meta.location, part, have, meta.size, headers, filename, ctx)
             break
         except (HubUnreachable, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # a local disk error (full, read-only): retrying cannot help
-            if state.cancelled:
-                raise DownloadPaused(filename, _size(dest_dir, filename), None) from None
+            if ctx.cancelled:
+                raise stopped(ctx, filename, dest_dir=dest_dir, total=size) from None
             if attempt >= len(retry_delays):
                 if isinstance(exc, HubUnreachable):
                     raise
@@ -126,15 +134,16 @@ def download(
             delay = retry_delays[attempt]
             attempt += 1
             log.warning("download of %s failed (%s); retry %d in %.1f s", filename, exc, attempt, delay)
-            state.progress("download", fraction=None, message=f"Network error, retrying in {delay:.0f} s ({attempt}/{len(retry_delays)})",
-                           filename=filename, retry=attempt)
-            _wait(delay, state)
+            ctx.progress("download", message=f"Network error, retrying in {delay:.0f} s ({attempt}/{len(retry_delays)})",
+                         filename=filename, retry=attempt)
+            if ctx.wait(delay):
+                raise stopped(ctx, filename, dest_dir=dest_dir, total=size) from None
     expected = _expected_hash(repo_id, filename, meta.commit_hash, meta.etag, endpoint=endpoint, token=token)
-    state.progress("verify", fraction=None, message=f"Checking {filename}", filename=filename)
-    _verify(part, expected, filename, state)
+    ctx.progress("verify", message=f"Checking {filename}", filename=filename)
+    _verify(part, expected, filename)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, target)
-    state.progress("done", fraction=1.0, message=f"{filename} downloaded and verified", filename=filename, path=str(target))
+    ctx.progress("done", fraction=1.0, message=f"{filename} downloaded and verified", filename=filename, path=str(target))
     return target
 
 
@@ -177,8 +186,8 @@ class _Progress:
 
 
 class _Tracker:
-    def __init__(self, state: Any, filename: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.state, self.filename, self.clock = state, filename, clock
+    def __init__(self, ctx: JobContext, filename: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx, self.filename, self.clock = ctx, filename, clock
         self.done, self.session, self.t0, self.last = 0, 0, clock(), 0.0
         self.total: int | None = None
 
@@ -187,7 +196,7 @@ class _Tracker:
         self._emit(force=True)
 
     def add(self, n: int) -> None:
-        if self.state.cancelled:
+        if self.ctx.cancelled:
             raise _Stop()
         if n < 0:  # http_get rolls back when a server ignored the Range header
             self.done += n
@@ -203,24 +212,23 @@ class _Tracker:
         self.last = now
         speed = self.session / max(now - self.t0, 1e-6)
         eta = (self.total - self.done) / speed if self.total and speed > 0 else None
-        self.state.progress(
-            "download",
-            fraction=self.done / self.total if self.total else None,
+        self.ctx.progress(
+            "download", done=self.done, total=self.total, unit="bytes", eta_s=eta,
             message=f"{fmt_bytes(self.done)} of {fmt_bytes(self.total)}" if self.total else fmt_bytes(self.done),
-            filename=self.filename, downloaded=self.done, total=self.total, speed=speed, eta=eta,
+            filename=self.filename, speed=speed,
         )
 
 
-def _transfer(location: str, part: Path, have: int, size: int | None, headers: dict[str, str], filename: str, state: Any) -> None:
+def _transfer(location: str, part: Path, have: int, size: int | None, headers: dict[str, str], filename: str, ctx: JobContext) -> None:
     part.parent.mkdir(parents=True, exist_ok=True)
-    tracker = _Tracker(state, filename)
+    tracker = _Tracker(ctx, filename)
     hook = functools.partial(_Progress, tracker=tracker)
     try:
         with part.open("ab") as f:
             http_get(location, cast(BinaryIO, f), resume_size=have, headers=headers, expected_size=size,
                      displayed_filename=filename, tqdm_class=cast(Any, hook))
     except _Stop:
-        raise DownloadPaused(filename, part.stat().st_size, size) from None
+        raise stopped(ctx, filename, dest_dir=part.parent.parent, total=size) from None
     tracker.start(part.stat().st_size, size)  # the last figures, whatever the throttle skipped
 
 
@@ -242,7 +250,7 @@ def _expected_hash(
     raise RuntimeFailure(ErrorKind.MODEL_INVALID, f"The Hub gave no checksum for {filename}; Hearth will not add an unverified file.")
 
 
-def _verify(part: Path, expected: tuple[str, str], filename: str, state: Any) -> None:
+def _verify(part: Path, expected: tuple[str, str], filename: str) -> None:
     kind, want = expected
     size = part.stat().st_size
     digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(f"blob {size}\0".encode())
@@ -271,13 +279,3 @@ def _forget_stale_partials(part: Path, filename: str, dest_dir: Path) -> None:
 def _size(dest_dir: Path, filename: str) -> int:
     folder = Path(dest_dir) / PARTIAL_DIR
     return sum(p.stat().st_size for p in folder.glob(f"{glob_escape(filename.replace('/', '--'))}.*.incomplete")) if folder.is_dir() else 0
-
-
-def _wait(seconds: float, state: Any) -> None:
-    """Back off, but answer a cancel within a tenth of a second."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if state.cancelled:
-            return
-        time.sleep(min(0.1, max(end - time.monotonic(), 0)))
-

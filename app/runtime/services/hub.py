@@ -2,8 +2,10 @@
 
 Downloads land in ``paths().models/<owner>--<repo>/`` so that the library scan finds them and a
 later ``hub.files`` knows which repository a local file came from (its shape then gives exact fit
-badges for every other variant). A cancelled download is a pause: the partial file stays under
+badges for every other variant). A paused download keeps its partial file under
 ``.partial`` and the next ``hub.download`` of the same file resumes it; ``hub.discard`` drops it.
+A paused download ends as a result with ``status: "paused"`` and how far it got; a cancelled one
+removes its partial files (and the parts it finished itself) and ends ``status: "cancelled"``.
 
 The Hub endpoint is ``HF_ENDPOINT`` when set (mirrors, tests), read at each call and passed to
 huggingface_hub explicitly, because huggingface_hub reads the variable once at import.
@@ -21,13 +23,29 @@ from typing import Any
 from app.runtime import hub, library
 from app.runtime.hardware import Hardware
 from app.runtime.hub.transfer import PARTIAL_DIR, glob_escape
-from app.runtime.jobs import JobState
+from app.runtime.jobs import JobContext, JobStopped, MethodSpec, Mode
 from app.runtime.library import ModelInfo
 from app.runtime.planner import quant
 from app.runtime.planner.layout import Budgets
 from app.runtime.planner.memory import fmt_bytes
 from app.runtime.planner.schema import UserPrefs
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, JobStatus, Method, RuntimeFailure
+from app.runtime.services.hub_types import (
+    AddFolderResult,
+    HubDiscardParams,
+    HubDiscardResult,
+    HubDownloadParams,
+    HubDownloadResult,
+    HubFilesParams,
+    HubFilesResult,
+    HubSearchParams,
+    HubSearchResult,
+    ImportResult,
+    ModelDeleteResult,
+    ModelDetailsResult,
+    ModelRefParams,
+    PathParams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +66,9 @@ def repo_folder(repo_id: str) -> Path:
     return paths().models / repo_id.replace("/", "--")
 
 
-def _text(params: dict[str, Any], name: str, *, required: bool = True) -> str | None:
-    value = params.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
+def _text(value: str, name: str) -> str:
+    """A declared string field that must say something."""
+    if not value.strip():
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"'{name}' must be a non-empty string")
     return value.strip()
 
@@ -71,29 +87,35 @@ class HubService:
         self._default_prefs = default_prefs
         self._release = release  # unloads the engine's model when it is this file
 
+    def methods(self) -> list[MethodSpec[Any, Any]]:
+        """Listings answer on threads of their own (also while a download runs); a download is a
+        pausable job; a delete is an engine job so that it never races a load or a chat of the file."""
+        return [
+            MethodSpec(Method.HUB_SEARCH.value, HubSearchParams, HubSearchResult, Mode.BACKGROUND, self.search),
+            MethodSpec(Method.HUB_FILES.value, HubFilesParams, HubFilesResult, Mode.BACKGROUND, self.files),
+            MethodSpec(Method.HUB_DOWNLOAD.value, HubDownloadParams, HubDownloadResult, Mode.BACKGROUND, self.download, pausable=True,
+                       doc="pause keeps the partial file (the same request resumes it); cancel removes it"),
+            MethodSpec(Method.HUB_DISCARD.value, HubDiscardParams, HubDiscardResult, Mode.QUICK, self.discard),
+            MethodSpec(Method.MODELS_DELETE.value, ModelRefParams, ModelDeleteResult, Mode.ENGINE, self.delete),
+            MethodSpec(Method.MODELS_ADD_FOLDER.value, PathParams, AddFolderResult, Mode.QUICK, self.add_folder),
+            MethodSpec(Method.MODELS_DETAILS.value, ModelRefParams, ModelDetailsResult, Mode.BACKGROUND, self.details),
+            MethodSpec(Method.MODELS_IMPORT.value, PathParams, ImportResult, Mode.BACKGROUND, self.import_file,
+                       doc="cancel removes the half-copied file; nothing is added"),
+        ]
+
     # ---- the Hub ------------------------------------------------------------------------------
 
-    def search(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        limit = params.get("limit", 30)
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'limit' must be a number")
-        found = hub.search(
-            str(params.get("query") or ""),
-            gguf_only=bool(params.get("gguf_only", True)),
-            sort=params.get("sort", "downloads"),
-            limit=limit,
-            endpoint=endpoint(),
-        )
-        return {"models": found}
+    def search(self, params: HubSearchParams, ctx: JobContext) -> HubSearchResult:
+        found = hub.search(params.query, gguf_only=params.gguf_only, sort=params.sort, limit=params.limit, endpoint=endpoint())
+        return HubSearchResult(found)
 
-    def files(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def files(self, params: HubFilesParams, ctx: JobContext) -> HubFilesResult:
         """A repository's variants with a fit badge each, and what of them is already here."""
-        repo_id = _text(params, "repo_id")
-        assert repo_id is not None
+        repo_id = _text(params.repo_id, "repo_id")
         local = self._local_model(repo_id)
         hw = self._hardware()
         context = self._default_prefs().get("context_length")
-        listing = hub.list_files(repo_id, params.get("revision"), model=local, hardware=hw if local else None,
+        listing = hub.list_files(repo_id, params.revision, model=local, hardware=hw if local else None,
                                  context=context, endpoint=endpoint())
         if local is None:
             _add_size_fit(listing["variants"], hw)
@@ -102,55 +124,62 @@ class HubService:
             v["downloaded"] = all((folder / f).is_file() for f in v["files"])
             v["partial_bytes"] = sum(_partial_size(folder, f) for f in v["files"])
             v["fit_text"] = fit_text(v)
-        listing["fit_source"] = "model" if local else "size"
-        listing["folder"] = str(folder)
-        return listing
+        return HubFilesResult(**listing, fit_source="model" if local else "size", folder=str(folder))
 
-    def download(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def download(self, params: HubDownloadParams, ctx: JobContext) -> HubDownloadResult:
         """Download one variant (all its parts) or one named file; without either, the recommended one.
 
-        Cancel pauses: the error says where it stopped, and the same request later resumes.
+        A pause ends as ``status: "paused"`` with the file it stopped in and how far it got; the
+        same request later resumes. A cancel removes the partial files and the parts this request
+        finished (half a split model is no model), and ends as ``status: "cancelled"``.
         """
-        repo_id = _text(params, "repo_id")
-        assert repo_id is not None
-        filename = _text(params, "filename", required=False)
+        repo_id = _text(params.repo_id, "repo_id")
+        filename = _text(params.filename, "filename") if params.filename is not None else None
         if filename:
             names = [filename]
         else:
-            listing = self.files({"repo_id": repo_id, "revision": params.get("revision")}, state)
-            variant = _pick(listing["variants"], params.get("variant"))
+            listing = self.files(HubFilesParams(repo_id, params.revision), ctx)
+            variant = _pick(listing.variants, params.variant)
             names = list(variant["files"])
-            state.progress("chosen", message=f"{variant['name']} ({fmt_bytes(variant['size'])})", variant=variant["name"],
-                           files=names, reason=variant.get("fit_reason", ""))
+            ctx.progress("chosen", message=f"{variant['name']} ({fmt_bytes(variant['size'])})", variant=variant["name"],
+                         files=names, reason=variant.get("fit_reason", ""))
         folder = repo_folder(repo_id)
-        paths = []
-        for name in names:
-            if not filename and (folder / name).is_file():
-                paths.append(folder / name)  # a part of this variant finished (and was verified) before a pause
-                continue
-            paths.append(hub.download(repo_id, name, dest_dir=folder, state=state, revision=params.get("revision"), endpoint=endpoint()))
-        return {"repo_id": repo_id, "files": names, "paths": [str(p) for p in paths], "bytes": sum(p.stat().st_size for p in paths)}
+        paths: list[Path] = []
+        fetched: list[Path] = []
+        try:
+            for name in names:
+                if not filename and (folder / name).is_file():
+                    paths.append(folder / name)  # a part of this variant finished (and was verified) before a pause
+                    continue
+                fetched.append(hub.download(repo_id, name, dest_dir=folder, ctx=ctx, revision=params.revision, endpoint=endpoint()))
+                paths.append(fetched[-1])
+        except JobStopped as stopped:
+            if stopped.status is JobStatus.CANCELLED:
+                for name in names:
+                    hub.discard_partial(name, dest_dir=folder)
+                for path in fetched:
+                    path.unlink(missing_ok=True)
+            stopped.kept.update(repo_id=repo_id, files=names)
+            raise
+        return HubDownloadResult(repo_id, names, [str(p) for p in paths], sum(p.stat().st_size for p in paths))
 
-    def discard(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        """Cancel for good: drop the partial files of a paused download."""
-        repo_id = _text(params, "repo_id")
-        assert repo_id is not None
-        names = params.get("files") or ([params["filename"]] if params.get("filename") else [])
-        if not names or not all(isinstance(n, str) and n for n in names):
+    def discard(self, params: HubDiscardParams, ctx: JobContext) -> HubDiscardResult:
+        """Drop the partial files of a paused download."""
+        repo_id = _text(params.repo_id, "repo_id")
+        names = list(params.files) or ([params.filename] if params.filename else [])
+        if not names or not all(names):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "hub.discard needs 'filename' or 'files'")
         freed = sum(hub.discard_partial(n, dest_dir=repo_folder(repo_id)) for n in names)
-        return {"repo_id": repo_id, "files": names, "freed": freed}
+        return HubDiscardResult(repo_id, names, freed)
 
     # ---- the local library --------------------------------------------------------------------
 
-    def delete(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def delete(self, params: ModelRefParams, ctx: JobContext) -> ModelDeleteResult:
         """Delete a model file from Hearth's models folder or a folder the person added.
 
         The UI asks first; this refuses the embedded model and any file outside those folders.
         """
-        ref = _text(params, "model")
-        assert ref is not None
-        model = library.resolve(ref, self._models())
+        model = library.resolve(_text(params.model, "model"), self._models())
         if model.source == "embedded":
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"{model.name} is Hearth's embedded model; it cannot be deleted.")
         path = Path(model.path).resolve()
@@ -164,14 +193,12 @@ class HubService:
         if parent not in roots and parent.exists() and not any(parent.iterdir()):
             parent.rmdir()  # an emptied <owner>--<repo> folder
         log.info("deleted %s (%d bytes)", path, size)
-        return {"deleted": str(path), "id": model.id, "freed": size}
+        return ModelDeleteResult(str(path), model.id, size)
 
-    def add_folder(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def add_folder(self, params: PathParams, ctx: JobContext) -> AddFolderResult:
         from app import settings as settings_module
 
-        raw = _text(params, "path")
-        assert raw is not None
-        folder = Path(raw).expanduser().resolve()
+        folder = Path(_text(params.path, "path")).expanduser().resolve()
         if not folder.is_dir():
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{folder} is not a folder.")
         saved = settings_module.load()
@@ -180,24 +207,21 @@ class HubService:
             saved.model_dirs.append(str(folder))
             settings_module.save(saved)
         found = len(library.scan([folder])) - len(library.scan([]))
-        return {"path": str(folder), "added": added, "model_dirs": list(saved.model_dirs), "found": found}
+        return AddFolderResult(str(folder), added, list(saved.model_dirs), found)
 
-    def details(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def details(self, params: ModelRefParams, ctx: JobContext) -> ModelDetailsResult:
         """Everything a person may want to read about a model: its GGUF metadata and chat template."""
-        ref = _text(params, "model")
-        assert ref is not None
-        model = library.resolve(ref, self._models())
+        model = library.resolve(_text(params.model, "model"), self._models())
         meta = library.metadata(model.path)
-        return {"model": model.to_dict(), "chat_template": meta.pop("tokenizer.chat_template", None), "metadata": meta}
+        return ModelDetailsResult(model.to_dict(), meta.pop("tokenizer.chat_template", None), meta)
 
-    def import_file(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def import_file(self, params: PathParams, ctx: JobContext) -> ImportResult:
         """Copy a GGUF file into Hearth's models folder, checked first and written atomically, so
-        that a bad or half-copied file never appears in the library."""
+        that a bad or half-copied file never appears in the library (a cancel ends ``cancelled``
+        with nothing added)."""
         from app.paths import paths
 
-        raw = _text(params, "path")
-        assert raw is not None
-        source = Path(raw).expanduser().resolve()
+        source = Path(_text(params.path, "path")).expanduser().resolve()
         info = library.read_gguf(source, source="folder")  # refuses a file that is not a whole GGUF model
         target = paths().models / "imported" / source.name
         if target.exists():
@@ -211,15 +235,14 @@ class HubService:
         try:
             with source.open("rb") as src, partial.open("wb") as dst:
                 while chunk := src.read(IMPORT_CHUNK):
-                    if state.cancelled:
-                        raise RuntimeFailure(ErrorKind.CANCELLED, f"Import of {source.name} cancelled; nothing was added.")
+                    ctx.check(f"Import of {source.name} cancelled; nothing was added.", path=str(source))
                     dst.write(chunk)
                     copied += len(chunk)
-                    state.progress("import", fraction=copied / max(info.file_size, 1), message=f"Importing {source.name}")
+                    ctx.progress("import", done=copied, total=max(info.file_size, 1), unit="bytes", message=f"Importing {source.name}")
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
-        return {"path": str(target), "id": library.read_gguf(target, source="folder").id}
+        return ImportResult(str(target), library.read_gguf(target, source="folder").id)
 
     # ---- internals ----------------------------------------------------------------------------
 

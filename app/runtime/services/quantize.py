@@ -4,6 +4,8 @@ pick for this machine), and the run itself, as a cancellable background job.
 The run reports progress per step and per tensor (``stage``: step / convert / quantize /
 evaluate, with ``step``, ``steps``, ``index``, ``total``, ``eta_s``) and ends with the pipeline's
 report; its outputs land in the library's models folder unless ``output_dir`` says otherwise.
+A cancel stops it and removes what it made (a half-written GGUF cannot be resumed), ending as a
+result with ``status: "cancelled"``; a quantization cannot pause, so a pause is a cancel.
 """
 
 from __future__ import annotations
@@ -11,17 +13,59 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.runtime import library
 from app.runtime.hardware import Hardware
-from app.runtime.jobs import JobState
+from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.library import ModelInfo
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 from app.runtime.quantize import targets as registry
 
 log = logging.getLogger(__name__)
+
+
+# ---- declared params and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizeTargetsParams:
+    model: str  # a library model, a GGUF file or a Hugging Face folder
+
+
+@dataclass(frozen=True)
+class QuantizeTargetsResult:
+    source: dict[str, Any]  # path, kind, name, file_type, file_size
+    warnings: list[str]
+    targets: list[dict[str, Any]]  # every target with expected_size and common
+    recommended: dict[str, Any] | None  # name, expected_size, fit, context_length
+    recommended_reason: str
+
+
+@dataclass(frozen=True)
+class QuantizeRunParams:
+    model: str
+    targets: list[str]  # target names, such as ["Q4_K_M", "Q8_0"]
+    output_dir: str | None = None  # default: the library's models folder
+    evaluate: bool = True  # measure perplexity, agreement and speed against the source
+    eval_tokens: int | None = None
+    imatrix: str | None = None  # an importance matrix, for the IQ targets
+
+
+@dataclass(frozen=True)
+class QuantizeRunResult:
+    """The pipeline's report (see app.runtime.quantize.pipeline)."""
+
+    source: dict[str, Any]
+    warnings: list[str]
+    reference: dict[str, Any] | None  # the source's own figures, when evaluated
+    results: list[dict[str, Any]]  # one row per target: path, file_size, perplexity, kl_mean...
+    recommended: str | None
+    recommended_reason: str
+    seconds: float
+    output_dir: str
 
 
 class QuantizeService:
@@ -31,9 +75,16 @@ class QuantizeService:
         self._default_prefs = default_prefs
         self._running = threading.Lock()  # one quantization at a time: each wants the whole machine
 
-    def _source(self, params: dict[str, Any]) -> Path:
-        ref = params.get("model")
-        if not isinstance(ref, str) or not ref.strip():
+    def methods(self) -> list[MethodSpec[Any, Any]]:
+        """Quantizing runs child processes for minutes: a job of its own, cancelled by killing them."""
+        return [
+            MethodSpec(Method.QUANTIZE_TARGETS.value, QuantizeTargetsParams, QuantizeTargetsResult, Mode.BACKGROUND, self.targets),
+            MethodSpec(Method.QUANTIZE_RUN.value, QuantizeRunParams, QuantizeRunResult, Mode.BACKGROUND, self.run,
+                       doc="cancel removes every partial output"),
+        ]
+
+    def _source(self, ref: str) -> Path:
+        if not ref.strip():
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'model' must name a library model, a GGUF file or a Hugging Face folder")
         as_path = Path(ref).expanduser()
         if as_path.is_dir():
@@ -44,12 +95,12 @@ class QuantizeService:
         value = self._default_prefs().get("context_length")
         return int(value) if isinstance(value, int) and value > 0 else None
 
-    def targets(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def targets(self, params: QuantizeTargetsParams, ctx: JobContext) -> QuantizeTargetsResult:
         """Every target with its expected size, and the one the planner would run here."""
         from app.runtime.planner import Variant, choose_variant
         from app.runtime.quantize import safety
 
-        source = safety.inspect_source(self._source(params))
+        source = safety.inspect_source(self._source(params.model))
         rows = []
         for t in registry.TARGETS.values():
             row = t.to_dict()
@@ -67,37 +118,30 @@ class QuantizeService:
                 reason = choice.reason
             except RuntimeFailure as exc:
                 reason = exc.message
-        return {
-            "source": {"path": str(source.path), "kind": source.kind, "name": source.name, "file_type": source.file_type, "file_size": source.size},
-            "warnings": source.warnings,
-            "targets": rows,
-            "recommended": recommended,
-            "recommended_reason": reason,
-        }
+        return QuantizeTargetsResult(
+            source={"path": str(source.path), "kind": source.kind, "name": source.name, "file_type": source.file_type, "file_size": source.size},
+            warnings=list(source.warnings),
+            targets=rows,
+            recommended=recommended,
+            recommended_reason=reason,
+        )
 
-    def run(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def run(self, params: QuantizeRunParams, ctx: JobContext) -> QuantizeRunResult:
         from app.runtime.quantize import pipeline
 
-        source = self._source(params)
-        wanted = params.get("targets")
-        if isinstance(wanted, str):
-            wanted = [wanted]
-        if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'targets' must be a list of target names, such as [\"Q4_K_M\", \"Q8_0\"]")
-        output_dir = params.get("output_dir")
-        imatrix = params.get("imatrix")
-        eval_tokens = params.get("eval_tokens")
-        if eval_tokens is not None and (not isinstance(eval_tokens, int) or isinstance(eval_tokens, bool) or eval_tokens < 64):
+        source = self._source(params.model)
+        eval_tokens, output_dir, imatrix = params.eval_tokens, params.output_dir, params.imatrix
+        if eval_tokens is not None and eval_tokens < 64:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'eval_tokens' must be a whole number of at least 64")
         if not self._running.acquire(blocking=False):
             raise RuntimeFailure(ErrorKind.BUSY, "Another quantization is running; wait for it to finish or cancel it.")
         try:
-            return pipeline.run(
+            report = pipeline.run(
                 source,
-                wanted,
+                list(params.targets),
                 output_dir=Path(output_dir) if output_dir else None,
-                evaluate=bool(params.get("evaluate", True)),
-                state=state,
+                evaluate=params.evaluate,
+                state=ctx,
                 eval_tokens=eval_tokens,
                 imatrix=Path(imatrix) if imatrix else None,
                 hardware=self._hardware(),
@@ -105,6 +149,7 @@ class QuantizeService:
             )
         finally:
             self._running.release()
+        return QuantizeRunResult(**report)
 
 
 def _info_from(source: Any) -> ModelInfo | None:
