@@ -15,11 +15,12 @@ from app import APP_NAME
 from app.chats import ChatStoreError, backups, open_history
 from app.chats.schema import MEMORY
 from app.paths import paths
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
 from app.ui import resources
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat.page import ChatPage
 from app.ui.models.page import ModelsPage
+from app.ui.request import Request
 from app.ui.server.page import ServerPage
 from app.ui.settings.page import SettingsPage
 from app.ui.welcome.page import WelcomePage
@@ -27,6 +28,7 @@ from app.ui.wizards.finetune import FinetunePage
 from app.ui.wizards.quantize import QuantizePage
 
 MEMORY_POLL_MS = 2000
+NOTICE_MS = 15_000  # how long a notice stays in the status bar (it is in the log for good)
 PageT = TypeVar("PageT", bound=QWidget)
 
 
@@ -61,6 +63,7 @@ class PlanLabel(QLabel):
 
 class MainWindow(QMainWindow):
     sig_shown = Signal()  # the first time the window is shown (start-up timing)
+    sig_engine_status = Signal(dict)  # an engine.status (or engine.load) answer the status bar now shows
 
     def __init__(self, bridge: RuntimeBridge, *, first_run: bool = False) -> None:
         """`first_run` opens on the welcome page (app.py passes ``not settings.first_run_done``)."""
@@ -69,8 +72,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(resources.app_icon())
         self.resize(1100, 720)
         self._bridge = bridge
-        self._status_request: str | None = None
-        self._load_request: str | None = None
+        self._load: Request | None = None
         self._shown = False
 
         self.pages = QStackedWidget(self)
@@ -114,12 +116,11 @@ class MainWindow(QMainWindow):
         bridge.sig_start_failed.connect(lambda why: self.runtime_label.setText(f"Runtime failed to start: {why}"))
         bridge.sig_worker_died.connect(self._on_worker_died)
         bridge.sig_worker_restarted.connect(self._on_ready)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
-        bridge.sig_progress.connect(self._on_progress)
+        bridge.notices.sig_notice.connect(lambda text: self.statusBar().showMessage(text, NOTICE_MS))
         self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"decode {tps:.1f} tok/s"))
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
+        self.chat_page.sig_planned.connect(self._on_progress)
         for page in (self.models_page, self.quantize_page, self.finetune_page):
             page.sig_load_requested.connect(self.load_model)  # "Load" / "Chat with it"
         self.welcome_page.sig_start_chat.connect(self._start_chatting)
@@ -219,14 +220,16 @@ class MainWindow(QMainWindow):
         self.chat_page.model = model_id
         self.sidebar.setCurrentRow(0)
         self.model_label.setText(f"Loading {model_id}…")
-        self._load_request = self._bridge.request(Method.ENGINE_LOAD, {"model": model_id})
+        # The newest choice is the one the status bar follows.
+        self._load = (self._bridge.run(Method.ENGINE_LOAD, {"model": model_id}, replaces=self._load)
+                      .on_progress(self._on_progress).on_success(self._show_status).on_failure(self._on_load_failed))
 
     def _start_chatting(self) -> None:
         self.show_page(self.chat_page)
         self.chat_page.input.setFocus()
 
     def refresh_status(self) -> None:
-        self._status_request = self._bridge.request(Method.ENGINE_STATUS)
+        self._bridge.run(Method.ENGINE_STATUS).on_success(self._show_status)
 
     # ---- runtime events -----------------------------------------------------------------------
 
@@ -241,31 +244,23 @@ class MainWindow(QMainWindow):
         self.plan_label.set_plan(None)
         self.statusBar().showMessage(why, 10000)
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._load_request:
-            self._load_request = None
-            self._show_status(result)
-        elif request_id == self._status_request:
-            self._status_request = None
-            self._show_status(result)
+    def _on_load_failed(self, failure: RuntimeFailure) -> None:
+        self.model_label.setText("No model loaded")
+        self._bridge.notices.failure(failure)
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._load_request:
-            self._load_request = None
-            self.model_label.setText("No model loaded")
-            self.statusBar().showMessage(message, 15000)
-
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if data.get("stage") == "planned":  # shown before the load starts
+    def _on_progress(self, data: dict[str, Any]) -> None:
+        """A load's progress (here or inside a chat request): the plan is shown before the load starts."""
+        if data.get("stage") == "planned":
             self.plan_label.set_plan(data.get("plan"), str(data.get("message", "")))
 
     def _show_status(self, status: dict[str, Any]) -> None:
         if not status.get("loaded"):
             self.model_label.setText("No model loaded (the embedded model loads on your first message)")
             self.plan_label.set_plan(None)
-            return
-        self.model_label.setText(f"{status['model']['name']} · {status['backend']}")
-        self.plan_label.set_plan(status.get("plan"), str(status.get("summary", "")))
+        else:
+            self.model_label.setText(f"{status['model']['name']} · {status['backend']}")
+            self.plan_label.set_plan(status.get("plan"), str(status.get("summary", "")))
+        self.sig_engine_status.emit(status)
 
     def _update_memory(self) -> None:
         pid = self._bridge.client.pid

@@ -36,13 +36,11 @@ class SelfTest(QObject):
         super().__init__(window)
         self._app = app
         self._window = window
-        self.tokens = 0
         self.outcome: dict[str, Any] = {"ok": False}
         bridge = window.bridge
         bridge.sig_ready.connect(self._on_ready)
         bridge.sig_start_failed.connect(lambda why: self._finish(False, f"the worker did not start: {why}"))
         bridge.sig_worker_died.connect(lambda why: self._finish(False, f"the worker died: {why}"))
-        bridge.sig_token.connect(self._on_token)
         window.chat_page.replies.sig_finished.connect(self._on_reply)
         QTimer.singleShot(int(TIMEOUT_S * 1000), lambda: self._finish(False, f"no answer within {TIMEOUT_S:.0f} s"))
 
@@ -56,17 +54,14 @@ class SelfTest(QObject):
         page.sampling = Sampling(temperature=0.0, max_tokens=24)
         page.send(PROMPT)
 
-    def _on_token(self, request_id: str, text: str) -> None:
-        if request_id == self._window.chat_page.replies.request_id:
-            self.tokens += 1
-
     def _on_reply(self, meta: dict[str, Any]) -> None:
         page = self._window.chat_page
         last = page.transcript.message(page.transcript.rowCount() - 1)
-        self.outcome.update(answer=last.text, tokens_streamed=self.tokens, meta_tokens=meta.get("tokens"))
+        streamed = page.replies.tokens_streamed  # counted as the tokens arrived, not from the result
+        self.outcome.update(answer=last.text, tokens_streamed=streamed, meta_tokens=meta.get("tokens"))
         if meta.get("error"):
             self._finish(False, str(meta["error"]))
-        elif self.tokens < 1 or not last.text.strip():
+        elif streamed < 1 or not last.text.strip():
             self._finish(False, "the reply was empty")
         else:
             self._finish(*child_job_works())

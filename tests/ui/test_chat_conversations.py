@@ -20,6 +20,7 @@ from app.ui.bridge import RuntimeBridge
 from app.ui.chat import generation
 from app.ui.chat.transcript import Roles
 from app.ui.main_window import MainWindow
+from app.ui.request import Request
 
 LONG = "Write a long story about a lighthouse keeper and a storm."
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,13 +96,13 @@ def test_edit_regenerate_and_switch_versions(qtbot, window: MainWindow) -> None:
 def test_a_preset_and_settings_reach_the_worker(qtbot, window: MainWindow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page, bridge = window.chat_page, window._bridge
     sent: list[tuple[str, dict[str, Any]]] = []
-    real_request = bridge.request
+    real_run = bridge.run
 
-    def recording(method: Any, params: dict[str, Any] | None = None) -> str:
+    def recording(method: Any, params: dict[str, Any] | None = None, **options: Any) -> Request:
         sent.append((str(getattr(method, "value", method)), params or {}))
-        return real_request(method, params)  # the real request still goes out
+        return real_run(method, params, **options)  # the real request still goes out
 
-    bridge.request = recording  # type: ignore[method-assign]
+    bridge.run = recording  # type: ignore[method-assign]
     page.apply_preset("Pirate")
     blob = generation.settings_blob(Sampling(temperature=0.0, max_tokens=8, top_k=20, seed=7, stop=("###",)), 2048)
     page.apply_settings(settings=blob)

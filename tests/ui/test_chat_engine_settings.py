@@ -10,6 +10,7 @@ from app.ui.chat import generation
 from app.ui.chat.settings_dialog import SettingsDialog
 from app.ui.chat.template_dialog import FALLBACK_NOTICE
 from app.ui.main_window import MainWindow
+from app.ui.request import Request
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -18,13 +19,13 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def _record(window: MainWindow) -> list[tuple[str, dict[str, Any]]]:
     """Every request the window sends, as (method, params); the real request still goes out."""
     bridge, sent = window._bridge, []
-    real_request = bridge.request
+    real_run = bridge.run
 
-    def recording(method: Any, params: dict[str, Any] | None = None) -> str:
+    def recording(method: Any, params: dict[str, Any] | None = None, **options: Any) -> Request:
         sent.append((str(getattr(method, "value", method)), params or {}))
-        return real_request(method, params)
+        return real_run(method, params, **options)
 
-    bridge.request = recording  # type: ignore[method-assign]
+    bridge.run = recording  # type: ignore[method-assign]
     return sent
 
 

@@ -70,13 +70,16 @@ def test_search_download_pause_resume_then_chat_and_delete(qtbot, window: MainWi
     downloads = panel.downloads_model
     partials = Path(os.environ["HEARTH_HOME"]) / "data" / "models" / hub_fixture.REPO_DIR / ".partial"
 
-    # Cancel = pause + discard the partial file
+    # Cancel: the worker stops the download and removes its partial file
     fake_hub.stall[GGUF_NAME] = STALL
     qtbot.mouseClick(panel.download_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: downloads.rowCount() == 1 and (downloads.row(0)["downloaded"] or 0) >= 10 * MIB, timeout=30_000)
     panel.downloads.selectRow(0)
+    request = downloads.row(0)["request"]
     qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: downloads.rowCount() == 0 and not list(partials.glob("*.incomplete")), timeout=30_000)
+    assert request.status == "cancelled"  # the worker's own stop (a result), not a failure and a discard
+    assert "cancelled" in panel.status.text()
 
     # Pause, then Resume from where it stopped
     fake_hub.stall[GGUF_NAME] = STALL
@@ -86,9 +89,9 @@ def test_search_download_pause_resume_then_chat_and_delete(qtbot, window: MainWi
     panel.downloads.selectRow(0)
     qtbot.mouseClick(panel.pause_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: downloads.row(0)["state"] == "paused", timeout=30_000)
-    assert panel.pause_button.text() == "Resume" and "paused" in downloads.row(0)["message"]
+    assert panel.pause_button.text() == "Resume" and "paused at" in downloads.row(0)["message"]
     kept = sum(p.stat().st_size for p in partials.glob("*.incomplete"))
-    assert kept >= 10 * MIB
+    assert kept >= 10 * MIB  # a pause keeps the partial file
 
     with qtbot.waitSignal(page.sig_models_changed, timeout=60_000):
         qtbot.mouseClick(panel.pause_button, Qt.MouseButton.LeftButton)
@@ -102,7 +105,7 @@ def test_search_download_pause_resume_then_chat_and_delete(qtbot, window: MainWi
     # The downloaded model loads for chat
     page.tabs.setCurrentIndex(0)
     page.table.selectRow(row)
-    with qtbot.waitSignal(window._bridge.sig_finished, timeout=120_000, check_params_cb=lambda rid, result: result.get("loaded") is True):
+    with qtbot.waitSignal(window.sig_engine_status, timeout=120_000, check_params_cb=lambda status: status.get("loaded") is True):
         qtbot.mouseClick(page.use_button, Qt.MouseButton.LeftButton)
     assert window.chat_page.model == rows[row]["id"]
 

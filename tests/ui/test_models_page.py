@@ -26,7 +26,7 @@ def test_library_table_shows_the_embedded_model_and_its_fit(qtbot) -> None:  # t
         assert "CPU only" in row["On this machine"] and "ctx" in row["On this machine"]
         window.sidebar.setCurrentRow(1)
         window.models_page.table.selectRow(0)
-        with qtbot.waitSignal(bridge.sig_finished, timeout=120_000, check_params_cb=lambda rid, result: result.get("loaded") is True):
+        with qtbot.waitSignal(window.sig_engine_status, timeout=120_000, check_params_cb=lambda status: status.get("loaded") is True):
             qtbot.mouseClick(window.models_page.use_button, Qt.MouseButton.LeftButton)
         assert window.pages.currentIndex() == 0 and window.chat_page.model == "smollm2-135m-instruct-q4_1"
     finally:

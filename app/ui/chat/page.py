@@ -31,6 +31,7 @@ class ChatPage(QWidget):
     sig_speed = Signal(float)  # live decode tokens/s of the reply being streamed
     sig_model_loading = Signal(str)  # a message such as "Loading SmolLM2…"
     sig_model_used = Signal(str)  # the model id that answered
+    sig_planned = Signal(dict)  # the plan a load inside a chat request chose (its progress record)
     sig_status_changed = Signal()  # the engine's state changed (a model was unloaded)
 
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None, *, store: ChatStore | None = None) -> None:
@@ -39,8 +40,6 @@ class ChatPage(QWidget):
         self.sampling = Sampling()
         self.context_length = 0
         self._model: str | None = None  # None: the loaded model, or the embedded one
-        self._unload_request: str | None = None
-        self._unload_hint = ""
         self._deleted: ConversationSnapshot | None = None
         self.store = store or open_store()
         self.conversation: Conversation | None = None
@@ -102,6 +101,7 @@ class ChatPage(QWidget):
         r.sig_speed.connect(self.sig_speed)
         r.sig_model_loading.connect(self.sig_model_loading)
         r.sig_model_used.connect(self.sig_model_used)
+        r.sig_planned.connect(self.sig_planned)
         r.sig_row_changed.connect(self._row_changed)
         r.sig_finished.connect(self._on_reply_finished)
         self.panel.sig_open.connect(self.open_conversation)
@@ -115,7 +115,6 @@ class ChatPage(QWidget):
         self.toolbar.sig_template.connect(self.templates.open)
         self.toolbar.sig_export.connect(lambda: dialogs.export_chat(self))
         self.toolbar.sig_import.connect(lambda: dialogs.import_chat(self))
-        bridge.sig_finished.connect(self._on_bridge_finished)
         bridge.sig_worker_died.connect(self._on_worker_died)
         bridge.sig_worker_restarted.connect(self._on_worker_restarted)
         self.open_latest()
@@ -344,7 +343,7 @@ class ChatPage(QWidget):
         self.apply_settings(system_prompt=generation.load_presets()[name])
 
     def unload_model(self, *, hint: str = "Model unloaded; its memory is free.") -> None:
-        self._unload_request, self._unload_hint = self._bridge.request(Method.ENGINE_UNLOAD), hint
+        self._bridge.run(Method.ENGINE_UNLOAD, owner=self).on_success(lambda result: self._unloaded(hint))
 
     def export_file(self, path: str) -> None:
         assert self.conversation is not None
@@ -385,11 +384,9 @@ class ChatPage(QWidget):
             self.transcript.append(ChatMessage("notice", FALLBACK_NOTICE))
         self.refresh_list()
 
-    def _on_bridge_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._unload_request:
-            self._unload_request = None
-            self.hint.setText(self._unload_hint)
-            self.sig_status_changed.emit()
+    def _unloaded(self, hint: str) -> None:
+        self.hint.setText(hint)
+        self.sig_status_changed.emit()
 
     def _on_worker_died(self, why: str) -> None:
         self.transcript.append(ChatMessage("notice", f"{why} Your conversation is kept."))

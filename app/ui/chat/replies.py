@@ -1,7 +1,7 @@
 """ReplyRunner: sends one chat request, streams its tokens into one transcript row and the store.
 
 The page asks it to `start` a reply for a message the store already holds as `streaming`; the
-runner keeps the request id, the timings and the `ReplyRecorder`, and finishes the stored reply as
+runner keeps the request, the timings and the `ReplyRecorder`, and finishes the stored reply as
 complete, or interrupted (stopped, worker killed, failed) with its partial text kept.
 """
 
@@ -13,9 +13,11 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from app.chats import MessageState
-from app.runtime.protocol import ErrorKind, Method
+from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat.recorder import ReplyRecorder
+from app.ui.errors import worded
+from app.ui.request import Request
 from app.ui.chat.transcript import ChatMessage, TranscriptModel
 
 
@@ -25,6 +27,7 @@ class ReplyRunner(QObject):
     sig_speed = Signal(float)  # live decode tokens/s
     sig_model_loading = Signal(str)
     sig_model_used = Signal(str)
+    sig_planned = Signal(dict)  # the progress record of the plan a load inside the chat chose
     sig_row_changed = Signal(int)  # a row whose height may have changed
     sig_finished = Signal(dict)  # the stored meta of the finished reply (with "context" when known)
 
@@ -33,39 +36,38 @@ class ReplyRunner(QObject):
         self._bridge = bridge
         self._transcript = transcript
         self.recorder = ReplyRecorder(self)
-        self.request_id: str | None = None
+        self.request: Request | None = None
         self.last_params: dict[str, Any] = {}
         self._message_id: int | None = None
-        self._tokens = 0
+        self.tokens_streamed = 0  # tokens of the current (or last) reply, counted as they arrive
         self._first_token_at = 0.0
-        bridge.sig_token.connect(self._on_token)
-        bridge.sig_progress.connect(self._on_progress)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
 
     @property
     def busy(self) -> bool:
-        return self.request_id is not None
+        return self.request is not None
 
     def start(self, store: Any, message_id: int, params: dict[str, Any]) -> None:
         """Stream the answer to `params` into the stored `streaming` message `message_id`."""
-        self._message_id, self._tokens, self._first_token_at = message_id, 0, 0.0
+        self._message_id, self.tokens_streamed, self._first_token_at = message_id, 0, 0.0
         self.recorder.start(store, message_id)
         self.last_params = params
-        self.request_id = self._bridge.request(Method.CHAT, params)
+        self.request = (self._bridge.run(Method.CHAT, params)
+                        .on_token(self._on_token).on_progress(self._on_progress)
+                        .on_success(self._on_finished).on_stopped(self._on_finished).on_failure(self._on_failed))
         self.sig_busy.emit(True)
 
     def stop(self) -> None:
         """Ask the worker to stop; the reply finishes as interrupted when it answers."""
-        if self.request_id is not None:
-            self._bridge.cancel(self.request_id)
+        if self.request is not None:
+            self.request.cancel()
             self.sig_hint.emit("Stopping…")
 
     def abandon(self) -> None:
         """Stop now and forget the request (the page is showing another conversation)."""
-        if self.request_id is None:
+        if self.request is None:
             return
-        self._bridge.cancel(self.request_id)
+        self.request.cancel()
+        self.request.forget()
         self._end(MessageState.INTERRUPTED, {"finish_reason": "cancelled"}, "interrupted")
 
     # ---- runtime events -----------------------------------------------------------------------
@@ -73,31 +75,30 @@ class ReplyRunner(QObject):
     def _row(self) -> int:
         return -1 if self._message_id is None else self._transcript.row_of(self._message_id)
 
-    def _on_token(self, request_id: str, text: str) -> None:
-        if request_id != self.request_id:
-            return
+    def _on_token(self, text: str) -> None:
         now = time.perf_counter()
-        if self._tokens == 0:
+        if self.tokens_streamed == 0:
             self._first_token_at = now
             self.sig_hint.emit("")
-        self._tokens += 1
+        self.tokens_streamed += 1
         self.recorder.add(text)
         row = self._row()
         if row >= 0:
             self._transcript.append_text(row, text)
             self.sig_row_changed.emit(row)
-        if self._tokens > 1 and now > self._first_token_at:
-            self.sig_speed.emit((self._tokens - 1) / (now - self._first_token_at))
+        if self.tokens_streamed > 1 and now > self._first_token_at:
+            self.sig_speed.emit((self.tokens_streamed - 1) / (now - self._first_token_at))
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id == self.request_id and data.get("message"):
+    def _on_progress(self, data: dict[str, Any]) -> None:
+        if data.get("stage") == "planned":
+            self.sig_planned.emit(data)
+        if data.get("message"):
             self.sig_hint.emit(str(data["message"]) + ("…" if data.get("stage") == "loading" else ""))
             if data.get("stage") == "loading":
                 self.sig_model_loading.emit(str(data["message"]))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self.request_id:
-            return
+    def _on_finished(self, result: dict[str, Any]) -> None:
+        """A finished reply, or a stopped one (``status: "cancelled"``, its partial text kept)."""
         usage, timings = result.get("usage") or {}, result.get("timings") or {}
         meta: dict[str, Any] = {"tokens": usage.get("completion_tokens", 0), "tps": timings.get("decode_tps", 0.0),
                                 "ttft_ms": timings.get("ttft_ms", 0.0), "finish_reason": result.get("finish_reason")}
@@ -114,15 +115,13 @@ class ReplyRunner(QObject):
         if result.get("model"):
             self.sig_model_used.emit(str(result["model"]))
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id != self.request_id:
-            return
-        died = kind == ErrorKind.WORKER_DIED.value
+    def _on_failed(self, failure: RuntimeFailure) -> None:
+        died = failure.kind is ErrorKind.WORKER_DIED
         row = self._row()
-        self._end(MessageState.INTERRUPTED, {"error": message, "finish_reason": "worker_died" if died else "error"},
+        self._end(MessageState.INTERRUPTED, {"error": failure.message, "finish_reason": "worker_died" if died else "error"},
                   "interrupted" if died else "failed")
         if not died and row >= 0:  # a death is reported once, by the page's worker-died notice
-            self._transcript.append(ChatMessage("notice", message))
+            self._transcript.append(ChatMessage("notice", worded(failure)))
 
     def _end(self, state: MessageState, meta: dict[str, Any], shown_state: str) -> None:
         self.recorder.finish(state, meta)
@@ -130,6 +129,6 @@ class ReplyRunner(QObject):
         if row >= 0:
             self._transcript.finish(row, shown_state, meta if "tokens" in meta else None)
             self.sig_row_changed.emit(row)
-        self.request_id, self._message_id = None, None
+        self.request, self._message_id = None, None
         self.sig_busy.emit(False)
         self.sig_finished.emit(meta)

@@ -13,8 +13,9 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
+from app.ui.errors import worded
 
 if TYPE_CHECKING:
     from app.ui.chat.page import ChatPage
@@ -84,10 +85,7 @@ class TemplateEditor(QObject):
     def __init__(self, bridge: RuntimeBridge, page: ChatPage) -> None:
         super().__init__(page)
         self._bridge, self._page = bridge, page
-        self._request: str | None = None
         self.dialog: TemplateDialog | None = None
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
 
     def open(self) -> TemplateDialog:
         """Show the dialog (window-modal, not blocking) and ask the worker for the template."""
@@ -96,22 +94,22 @@ class TemplateEditor(QObject):
         dialog = self.dialog = TemplateDialog(self._page.chat_template, self._page)
         dialog.accepted.connect(lambda: self._page.set_chat_template(dialog.override_text()))
         dialog.finished.connect(lambda: self._forget(dialog))
-        self._request = self._bridge.request(Method.ENGINE_STATUS)
+        (self._bridge.run(Method.ENGINE_STATUS, owner=dialog)
+         .on_success(lambda result: self._on_status(dialog, result))
+         .on_failure(lambda failure: self._on_failed(dialog, failure)))
         dialog.open()
         return dialog
 
     def _forget(self, dialog: TemplateDialog) -> None:
         if self.dialog is dialog:
-            self.dialog, self._request = None, None
+            self.dialog = None
         dialog.deleteLater()
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._request and self.dialog is not None:
-            self._request = None
-            self.dialog.show_status(result)
+    def _on_status(self, dialog: TemplateDialog, result: dict[str, Any]) -> None:
+        if dialog is self.dialog:  # not one closed (and replaced) while the worker answered
+            dialog.show_status(result)
             self.sig_status.emit(result)
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request and self.dialog is not None:
-            self._request = None
-            self.dialog.show_error(message)
+    def _on_failed(self, dialog: TemplateDialog, failure: RuntimeFailure) -> None:
+        if dialog is self.dialog:
+            dialog.show_error(worded(failure))

@@ -1,8 +1,10 @@
 """The Download tab: search the Hub, pick a repository and a variant, watch downloads.
 
-Everything goes through the RuntimeBridge. A download is a worker job: Pause cancels it (the
-worker keeps the partial file), Resume sends the same request again (it resumes from the partial
-file), Cancel pauses and then asks the worker to discard the partial file.
+Everything goes through the RuntimeBridge. A download is a pausable worker job: Pause sends
+``pause`` (the worker keeps the partial file and answers ``status: "paused"``), Resume sends the
+same request again (it resumes from the partial file), Cancel sends ``cancel`` (the worker removes
+the partial file and answers ``status: "cancelled"``); Cancel on a paused row asks the worker to
+discard the partial file it kept.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.runtime.protocol import ErrorKind, Method
+from app.runtime.protocol import JobStatus, Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
+from app.ui.errors import worded
 from app.ui.models.hub_models import DownloadsModel, RowsModel, SearchResultsModel, VariantsModel
+from app.ui.request import Request
 
 SORTS = (("Most downloaded", "downloads"), ("Most liked", "likes"), ("Recently updated", "updated"))
 
@@ -48,10 +52,9 @@ class HubPanel(QWidget):
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._bridge = bridge
-        self._search_request: str | None = None
-        self._files_request: str | None = None
+        self._search: Request | None = None  # the newest search and file listing; older answers are dropped
+        self._files: Request | None = None
         self._files_repo = ""
-        self._discard_requests: set[str] = set()
         self.results_model = SearchResultsModel(self)
         self.variants_model = VariantsModel(self)
         self.downloads_model = DownloadsModel(self)
@@ -103,20 +106,18 @@ class HubPanel(QWidget):
         layout.addWidget(self.status)
         self._sync_buttons()
 
-        bridge.sig_progress.connect(self._on_progress)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
-
     # ---- actions ------------------------------------------------------------------------------
 
     def search(self) -> None:
         self.status.setText("Searching…")
-        self._search_request = self._bridge.request(Method.HUB_SEARCH, {"query": self.query.text(), "sort": self.sort.currentData()})
+        self._search = (self._bridge.run(Method.HUB_SEARCH, {"query": self.query.text(), "sort": self.sort.currentData()}, replaces=self._search)
+                        .on_success(self._on_searched).on_failure(self._show_failure))
 
     def show_files(self, repo_id: str) -> None:
         self.variants_model.set_rows([])
         self.status.setText(f"Listing the files of {repo_id}…")
-        self._files_request = self._bridge.request(Method.HUB_FILES, {"repo_id": repo_id})
+        self._files = (self._bridge.run(Method.HUB_FILES, {"repo_id": repo_id}, replaces=self._files)
+                       .on_success(self._on_files).on_failure(self._show_failure))
         self._files_repo = repo_id
 
     def download_selected(self) -> None:
@@ -130,7 +131,7 @@ class HubPanel(QWidget):
             return
         row = {"key": f"{repo_id}:{variant['name']}", "repo_id": repo_id, "name": variant["name"], "files": list(variant["files"]),
                "total": variant["size"], "downloaded": variant.get("partial_bytes", 0), "done_bytes": 0, "speed": None, "eta": None,
-               "state": "queued", "message": "", "request_id": None, "discard": False}
+               "state": "queued", "message": "", "request": None, "discard": False}
         if i < 0:
             i = self.downloads_model.add(row)
         self._start(i)
@@ -141,19 +142,20 @@ class HubPanel(QWidget):
         row = self.downloads_model.row(i)
         if row["state"] in ("queued", "downloading"):
             self.downloads_model.update(i, state="pausing")
-            self._bridge.cancel(row["request_id"])
+            row["request"].pause()
         elif row["state"] in ("paused", "failed"):
             self._start(i)
         self._sync_buttons()
 
     def cancel_download(self, i: int) -> None:
-        """Stop for good: pause, then discard the partial file."""
+        """Stop for good: a running download is cancelled (the worker removes its partial file); a
+        paused one has its partial file discarded."""
         if not 0 <= i < self.downloads_model.rowCount():
             return
         row = self.downloads_model.row(i)
         if row["state"] in ("queued", "downloading", "pausing"):
             self.downloads_model.update(i, state="cancelling", discard=True)
-            self._bridge.cancel(row["request_id"])
+            row["request"].cancel()
         elif row["state"] != "done":
             self._discard(i)
 
@@ -161,13 +163,18 @@ class HubPanel(QWidget):
 
     def _start(self, i: int) -> None:
         row = self.downloads_model.row(i)
-        request_id = self._bridge.request(Method.HUB_DOWNLOAD, {"repo_id": row["repo_id"], "variant": row["name"]})
-        self.downloads_model.update(i, request_id=request_id, state="queued", done_bytes=0, message="", discard=False)
+        request = self._bridge.run(Method.HUB_DOWNLOAD, {"repo_id": row["repo_id"], "variant": row["name"]}, owner=self)
+        # The row is found again by its request: rows come and go while a download runs.
+        (request.on_progress(lambda data: self._on_progress(request, data))
+         .on_success(lambda result: self._on_download_ended(request, result))
+         .on_stopped(lambda result: self._on_download_ended(request, result))
+         .on_failure(lambda failure: self._on_download_failed(request, failure)))
+        self.downloads_model.update(i, request=request, state="queued", done_bytes=0, message="", discard=False)
         self._sync_buttons()
 
     def _discard(self, i: int) -> None:
         row = self.downloads_model.row(i)
-        self._discard_requests.add(self._bridge.request(Method.HUB_DISCARD, {"repo_id": row["repo_id"], "files": row["files"]}))
+        self._bridge.run(Method.HUB_DISCARD, {"repo_id": row["repo_id"], "files": row["files"]}).on_failure(self._show_failure)
         self.downloads_model.remove(i)
         self.status.setText(f"Download of {row['repo_id']} · {row['name']} cancelled.")
         self._sync_buttons()
@@ -184,16 +191,16 @@ class HubPanel(QWidget):
         if rows:
             self.show_files(str(self.results_model.row(rows[0].row())["id"]))
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        i = self.downloads_model.find("request_id", request_id)
+    def _on_progress(self, request: Request, data: dict[str, Any]) -> None:
+        i = self.downloads_model.find("request", request)
         if i < 0:
             return
         row = self.downloads_model.row(i)
         stage = data.get("stage")
-        if stage == "download" and data.get("downloaded") is not None:
+        if stage == "download" and data.get("done") is not None:
             self.downloads_model.update(i, state="downloading" if row["state"] == "queued" else row["state"],
-                                        downloaded=row["done_bytes"] + int(data["downloaded"]), speed=data.get("speed"),
-                                        eta=data.get("eta"), message=str(data.get("message", "")))
+                                        downloaded=row["done_bytes"] + int(data["done"]), speed=data.get("speed"),
+                                        eta=data.get("eta_s"), message=str(data.get("message", "")))
         elif stage == "verify":
             self.downloads_model.update(i, state="verifying", message=str(data.get("message", "")))
         elif stage == "done":
@@ -201,38 +208,52 @@ class HubPanel(QWidget):
         elif data.get("message"):
             self.downloads_model.update(i, message=str(data["message"]))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._search_request:
-            models = result.get("models", [])
-            self.results_model.set_rows(models)
-            self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} found.")
-        elif request_id == self._files_request:
-            self.variants_model.set_rows(result.get("variants", []))
-            recommended = next((v for v in result.get("variants", []) if v.get("recommended")), None)
-            for r, v in enumerate(result.get("variants", [])):
-                if v is recommended:
-                    self.variants.selectRow(r)
-            self.status.setText(str(recommended.get("fit_reason", "")) if recommended else "No variant fits this machine.")
-        elif (i := self.downloads_model.find("request_id", request_id)) >= 0:
+    def _on_searched(self, result: dict[str, Any]) -> None:
+        models = result.get("models", [])
+        self.results_model.set_rows(models)
+        self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} found.")
+
+    def _on_files(self, result: dict[str, Any]) -> None:
+        self.variants_model.set_rows(result.get("variants", []))
+        recommended = next((v for v in result.get("variants", []) if v.get("recommended")), None)
+        for r, v in enumerate(result.get("variants", [])):
+            if v is recommended:
+                self.variants.selectRow(r)
+        self.status.setText(str(recommended.get("fit_reason", "")) if recommended else "No variant fits this machine.")
+
+    def _show_failure(self, failure: RuntimeFailure) -> None:
+        self.status.setText(worded(failure))
+
+    def _on_download_ended(self, request: Request, result: dict[str, Any]) -> None:
+        i = self.downloads_model.find("request", request)
+        if i < 0:
+            return
+        status = result.get("status", JobStatus.DONE.value)
+        if status == JobStatus.CANCELLED.value:  # the worker removed the partial file
+            row = self.downloads_model.row(i)
+            self.downloads_model.remove(i)
+            self.status.setText(f"Download of {row['repo_id']} · {row['name']} cancelled.")
+            self._sync_buttons()
+        elif status == JobStatus.PAUSED.value and self.downloads_model.row(i)["discard"]:
+            self._discard(i)  # paused just before a Cancel reached it: drop what the pause kept
+        elif status == JobStatus.PAUSED.value:
+            message = str(result.get("message", ""))
+            self.downloads_model.update(i, state="paused", speed=None, eta=None, message=message)
+            self.status.setText(message)
+            self._sync_buttons()
+        else:
             self.downloads_model.update(i, state="done", downloaded=result.get("bytes", 0), total=result.get("bytes", 0), eta=None)
             self.status.setText(f"{result.get('repo_id')} downloaded: {', '.join(result.get('files', []))}.")
             self._sync_buttons()
             self.sig_downloaded.emit(result)
-        elif request_id in self._discard_requests:
-            self._discard_requests.discard(request_id)
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id in (self._search_request, self._files_request) or request_id in self._discard_requests:
-            self._discard_requests.discard(request_id)
-            self.status.setText(message)
-            return
-        i = self.downloads_model.find("request_id", request_id)
+    def _on_download_failed(self, request: Request, failure: RuntimeFailure) -> None:
+        i = self.downloads_model.find("request", request)
         if i < 0:
             return
         if self.downloads_model.row(i)["discard"]:
             self._discard(i)
             return
-        paused = kind == ErrorKind.CANCELLED.value
-        self.downloads_model.update(i, state="paused" if paused else "failed", speed=None, eta=None, message=message)
-        self.status.setText(message)
+        self.downloads_model.update(i, state="failed", speed=None, eta=None, message=failure.message)
+        self.status.setText(worded(failure))
         self._sync_buttons()

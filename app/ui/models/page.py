@@ -22,11 +22,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
+from app.ui.errors import worded
 from app.ui.models.details import ModelDetails
 from app.ui.models.hub_models import RowsModel, fmt_bytes
 from app.ui.models.hub_panel import HubPanel
+from app.ui.request import Request
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -77,9 +79,8 @@ class ModelsPage(QWidget):
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._bridge = bridge
-        self._list_request: str | None = None
+        self._listing: Request | None = None  # the newest library read; an older answer is dropped
         self._note = ""  # what the last delete did, shown with the re-read library
-        self._change_requests: set[str] = set()  # deletes and added folders: the library is re-read after each
         self.table_model = LibraryTableModel(self)
         self.table = QTableView(self)
         self.table.setModel(self.table_model)
@@ -90,6 +91,7 @@ class ModelsPage(QWidget):
         self.table.verticalHeader().hide()
         self.table.doubleClicked.connect(lambda index: self._use(index.row()))
         self.status = QLabel("Reading the library…", self)
+        self.status.setWordWrap(True)  # a failure is a sentence or two
         refresh = QPushButton("Refresh", self)
         refresh.clicked.connect(self.refresh)
         self.use_button = QPushButton("Chat with this model", self)
@@ -103,7 +105,7 @@ class ModelsPage(QWidget):
         self.reveal_button = QPushButton("Show in folder", self)
         self.reveal_button.clicked.connect(lambda: self.reveal(self.table.currentIndex().row()))
         self.details = ModelDetails(self)
-        self._details_request: str | None = None
+        self._details: Request | None = None
         self.table.selectionModel().currentRowChanged.connect(lambda current, _previous: self.show_details(current.row()))
         buttons = QHBoxLayout()
         buttons.addWidget(self.status, 1)
@@ -129,14 +131,12 @@ class ModelsPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
 
     def refresh(self) -> None:
-        self._list_request = self._bridge.request(Method.MODELS_LIST)
+        self._listing = self._bridge.run(Method.MODELS_LIST, replaces=self._listing).on_success(self._on_listed).on_failure(self._on_list_failed)
 
     def add_folder(self, path: str) -> None:
-        self._change_requests.add(self._bridge.request(Method.MODELS_ADD_FOLDER, {"path": path}))
+        self._change(Method.MODELS_ADD_FOLDER, {"path": path})
 
     def delete(self, row: int) -> None:
         """Delete a model file after the person confirms; the embedded model cannot be deleted."""
@@ -149,16 +149,18 @@ class ModelsPage(QWidget):
         size = _format("file_size", model.get("file_size", 0))
         answer = QMessageBox.question(self, "Delete model", f"Delete {model['name']} ({size})?\n\n{model['path']}\n\nThe file is removed from disk.")
         if answer == QMessageBox.StandardButton.Yes:
-            self._change_requests.add(self._bridge.request(Method.MODELS_DELETE, {"model": model["path"]}))
+            self._change(Method.MODELS_DELETE, {"model": model["path"]})
 
     def import_file(self, path: str) -> None:
         """Copy a GGUF file into the library (checked first by the worker; a bad file is refused)."""
         self.status.setText(f"Importing {Path(path).name}…")
-        self._change_requests.add(self._bridge.request(Method.MODELS_IMPORT, {"path": path}))
+        self._change(Method.MODELS_IMPORT, {"path": path})
 
     def show_details(self, row: int) -> None:
         if 0 <= row < self.table_model.rowCount():
-            self._details_request = self._bridge.request(Method.MODELS_DETAILS, {"model": self.table_model.model_at(row)["path"]})
+            self._details = (self._bridge.run(Method.MODELS_DETAILS, {"model": self.table_model.model_at(row)["path"]}, replaces=self._details)
+                             .on_success(self.details.show_details)
+                             .on_failure(lambda failure: self.details.setPlainText(worded(failure))))
 
     def reveal(self, row: int) -> None:
         if 0 <= row < self.table_model.rowCount():
@@ -178,31 +180,23 @@ class ModelsPage(QWidget):
         if 0 <= row < self.table_model.rowCount():
             self.sig_load_requested.emit(str(self.table_model.model_at(row)["id"]))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._details_request:
-            self.details.show_details(result)
-            return
-        if request_id in self._change_requests:
-            self._change_requests.discard(request_id)
-            if "freed" in result:
-                self._note = f"Deleted {result['deleted']} ({_format('file_size', result['freed'])} freed)."
-            elif "id" in result and "path" in result:
-                self._note = f"Imported {Path(result['path']).name}."
-            self.refresh()
-            return
-        if request_id != self._list_request:
-            return
+    def _change(self, method: Method, params: dict[str, Any]) -> None:
+        """A delete, an import or an added folder: the library is read again after each."""
+        self._bridge.run(method, params).on_success(self._on_changed).on_failure(lambda failure: self.status.setText(worded(failure)))
+
+    def _on_changed(self, result: dict[str, Any]) -> None:
+        if "freed" in result:
+            self._note = f"Deleted {result['deleted']} ({_format('file_size', result['freed'])} freed)."
+        elif "id" in result and "path" in result:
+            self._note = f"Imported {Path(result['path']).name}."
+        self.refresh()
+
+    def _on_listed(self, result: dict[str, Any]) -> None:
         models = result.get("models", [])
         self.table_model.set_models(models)
         self.status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} in the library. {self._note}".strip())
         self._note = ""
         self.sig_models_changed.emit(models)
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._details_request:
-            self.details.setPlainText(message)
-        elif request_id == self._list_request:
-            self.status.setText(f"Could not read the library: {message}")
-        elif request_id in self._change_requests:
-            self._change_requests.discard(request_id)
-            self.status.setText(message)
+    def _on_list_failed(self, failure: RuntimeFailure) -> None:
+        self.status.setText(f"Could not read the library: {worded(failure)}")

@@ -24,8 +24,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
+from app.ui.errors import worded
+from app.ui.request import Request
 from app.ui.server.log_model import RequestLogModel
 
 POLL_MS = 700
@@ -40,8 +42,8 @@ class ServerPage(QWidget):
 
         saved = settings_module.load()
         self._bridge = bridge
-        self._control: str | None = None  # the pending start/stop/status request
-        self._poll: str | None = None
+        self._control: Request | None = None  # the pending start/stop/status request (the newest one counts)
+        self._poll: Request | None = None  # the log read in flight (one at a time)
         self._last_seq = 0
         self.url = ""
 
@@ -97,8 +99,6 @@ class ServerPage(QWidget):
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll_log)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
         bridge.sig_ready.connect(lambda info: self.refresh())
         bridge.sig_worker_restarted.connect(lambda: self._set_running(False, ""))
 
@@ -108,47 +108,45 @@ class ServerPage(QWidget):
 
     def refresh(self) -> None:
         """Ask the worker whether its server runs (after a start of the window or a worker restart)."""
-        if self._control is None:
-            self._control = self._bridge.request(Method.SERVER_STATUS)
+        if self._control is None or not self._control.running:
+            self._send_control(Method.SERVER_STATUS)
 
     def start(self) -> None:
         params: dict[str, Any] = {"host": self.host.text().strip(), "port": self.port.value(), "api_key": self.key.text().strip() or None}
         self.status.setText("Starting…")
         self.toggle.setEnabled(False)
-        self._control = self._bridge.request(Method.SERVER_START, params)
+        self._send_control(Method.SERVER_START, params)
 
     def stop(self) -> None:
         self.toggle.setEnabled(False)
-        self._control = self._bridge.request(Method.SERVER_STOP)
+        self._send_control(Method.SERVER_STOP)
+
+    def _send_control(self, method: Method, params: dict[str, Any] | None = None) -> None:
+        self._control = self._bridge.run(method, params, replaces=self._control).on_success(self._on_control).on_failure(self._on_control_failed)
 
     def _toggle(self) -> None:
         self.stop() if self.running else self.start()
 
     def _poll_log(self) -> None:
-        if self._poll is None:
-            self._poll = self._bridge.request(Method.SERVER_LOG, {"since": self._last_seq})
+        if self._poll is None or not self._poll.running:
+            # A failed read is tried again at the next tick: nothing to tell the person.
+            self._poll = self._bridge.run(Method.SERVER_LOG, {"since": self._last_seq}).on_success(self._on_log).on_failure(lambda failure: None)
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id == self._poll:
-            self._poll = None
-            entries = list(result.get("entries", []))
-            if entries:
-                self._last_seq = max(int(e["log_seq"]) for e in entries)
-                self.log_model.append(entries)
-            if not result.get("running"):
-                self._set_running(False, "")
-        elif request_id == self._control:
-            self._control = None
-            self._set_running(bool(result.get("running")), str(result.get("url", "")))
-            self.status.setText("")
+    def _on_log(self, result: dict[str, Any]) -> None:
+        entries = list(result.get("entries", []))
+        if entries:
+            self._last_seq = max(int(e["log_seq"]) for e in entries)
+            self.log_model.append(entries)
+        if not result.get("running"):
+            self._set_running(False, "")
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._poll:
-            self._poll = None
-        elif request_id == self._control:
-            self._control = None
-            self.toggle.setEnabled(True)
-            self.status.setText(message)
+    def _on_control(self, result: dict[str, Any]) -> None:
+        self._set_running(bool(result.get("running")), str(result.get("url", "")))
+        self.status.setText("")
+
+    def _on_control_failed(self, failure: RuntimeFailure) -> None:
+        self.toggle.setEnabled(True)
+        self.status.setText(worded(failure))
 
     def _set_running(self, running: bool, url: str) -> None:
         self.url = url if running else ""

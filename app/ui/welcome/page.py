@@ -18,6 +18,8 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QScrollA
 from app import settings as settings_module
 from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
+from app.ui.errors import worded
+from app.ui.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ class WelcomePage(QWidget):
     def __init__(self, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._bridge = bridge
-        self._requests: dict[str, str] = {}  # request id -> "hardware" | "plan"
+        self._hardware_request: Request | None = None  # the newest requests: an older answer is dropped
+        self._plan_request: Request | None = None
         self.hardware: dict[str, Any] | None = None
         self.plan: dict[str, Any] | None = None
         self._marked = False
@@ -156,12 +159,13 @@ class WelcomePage(QWidget):
         # Asked only while the page is on screen: a plan costs the worker's engine thread a moment.
         bridge.sig_ready.connect(lambda info: self._on_ready())
         bridge.sig_worker_restarted.connect(self._on_ready)
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
 
     def refresh(self) -> None:
         """Ask the worker for the hardware and the built-in model's plan."""
-        self._requests = {self._bridge.request(Method.HARDWARE): "hardware", self._bridge.request(Method.ENGINE_PLAN, {}): "plan"}
+        self._hardware_request = self._bridge.run(Method.HARDWARE, replaces=self._hardware_request).on_success(self._on_hardware).on_failure(
+            lambda failure: self.hardware_label.setText(f"Hearth could not look at this computer: {worded(failure)}"))
+        self._plan_request = self._bridge.run(Method.ENGINE_PLAN, {}, replaces=self._plan_request).on_success(self._on_plan).on_failure(
+            lambda failure: self.plan_label.setText(f"Hearth could not plan the built-in model: {worded(failure)}"))
 
     def _on_ready(self) -> None:
         if self.isVisible():
@@ -183,25 +187,19 @@ class WelcomePage(QWidget):
             except OSError as exc:
                 log.error("could not record that the welcome was shown", exc_info=exc)
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        what = self._requests.pop(request_id, None)
-        if what == "hardware":
-            self.hardware = result
-            self.hardware_label.setText("\n".join(hardware_lines(result)))
-        elif what == "plan":
-            self.plan = result
-            self.plan_label.setText(self._plan_text(result))
-        else:
-            return
+    def _on_hardware(self, result: dict[str, Any]) -> None:
+        self.hardware = result
+        self.hardware_label.setText("\n".join(hardware_lines(result)))
+        self._hint_bigger()
+
+    def _on_plan(self, result: dict[str, Any]) -> None:
+        self.plan = result
+        self.plan_label.setText(self._plan_text(result))
+        self._hint_bigger()
+
+    def _hint_bigger(self) -> None:
         if self.hardware is not None:
             self.bigger_label.setText(bigger_model_hint(self.hardware, (self.plan or {}).get("plan")))
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        what = self._requests.pop(request_id, None)
-        if what == "hardware":
-            self.hardware_label.setText(f"Hearth could not look at this computer: {message}")
-        elif what == "plan":
-            self.plan_label.setText(f"Hearth could not plan the built-in model: {message}")
 
     @staticmethod
     def _plan_text(result: dict[str, Any]) -> str:

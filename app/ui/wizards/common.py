@@ -1,4 +1,4 @@
-"""What the quantize and fine-tune wizards share: a page that listens to the bridge once, and the
+"""What the quantize and fine-tune wizards share: a page that runs one request at a time, and the
 sidebar page that explains the wizard and opens it."""
 
 from __future__ import annotations
@@ -8,30 +8,21 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget, QWizard, QWizardPage
 
+from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
+from app.ui.request import Request
 
 
 class BridgePage(QWizardPage):
-    """A wizard page that answers its own requests; the wizard carries the bridge."""
+    """A wizard page with one request of its own at a time; the wizard carries the bridge."""
 
-    _listening = False
+    request: Request | None = None
 
-    def listen(self, *, progress: bool = False) -> None:
-        """Connect to the bridge once (a page is initialized again after Back)."""
-        if self._listening:
-            return
-        self._listening = True
-        bridge = self.wizard().bridge  # type: ignore[attr-defined]
-        bridge.sig_finished.connect(self._on_finished)
-        bridge.sig_failed.connect(self._on_failed)
-        if progress:
-            bridge.sig_progress.connect(self._on_progress)
-
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None: ...
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None: ...
-
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None: ...
+    def run(self, method: Method, params: dict[str, Any] | None = None) -> Request:
+        """Send ``method``; a request this page sent before (it was shown again after Back, or
+        Check was pressed again) is replaced: its answer is dropped."""
+        self.request = self.wizard().bridge.run(method, params, owner=self, replaces=self.request)  # type: ignore[attr-defined]
+        return self.request
 
 
 class WizardLauncher(QWidget):

@@ -1,7 +1,7 @@
 """The first three pages of the fine-tune wizard: base model, data (report and preview), settings.
 
-Each page talks to the worker only through the bridge and keeps the id of its own request; answers
-to other requests are ignored. The wizard (``wizard.py``) holds what the pages share.
+Each page talks to the worker through its own requests (`BridgePage.run`); the wizard
+(``wizard.py``) holds what the pages share.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.runtime.protocol import Method
+from app.ui.errors import worded
 from app.ui.wizards.common import BridgePage
 from app.ui.models.hub_models import fmt_bytes
 
@@ -63,30 +64,23 @@ class BaseModelPage(Page):
         layout.addLayout(row)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self._request: str | None = None
         self.path.textChanged.connect(lambda _: self.completeChanged.emit())
         self.combo.currentIndexChanged.connect(lambda _: self.completeChanged.emit())
 
     def initializePage(self) -> None:
-        self.listen()
         if self.combo.count() == 0:
-            self._request = self.wiz().bridge.request(Method.MODELS_LIST, {})
+            self.run(Method.MODELS_LIST, {}).on_success(self._on_listed).on_failure(
+                lambda failure: self.status.setText(f"The library could not be read: {worded(failure)}"))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "A Hugging Face model folder")
         if folder:
             self.path.setText(folder)
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_listed(self, result: dict[str, Any]) -> None:
         for model in result.get("models", []):
             self.combo.addItem(f"{model['name']} ({model.get('quantization', '')})", model["id"])
         self.status.setText(f"{self.combo.count()} model(s) in the library.")
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request:
-            self.status.setText(f"The library could not be read: {message}")
 
     def chosen(self) -> str | None:
         return self.path.text().strip() or self.combo.currentData()
@@ -137,12 +131,8 @@ class DataPage(Page):
         layout.addWidget(self.issues, 1)
         layout.addWidget(QLabel("Preview (the highlighted part is what the model learns to say):", self))
         layout.addWidget(self.preview, 2)
-        self._request: str | None = None
         self.result: dict[str, Any] | None = None
         self.path.textChanged.connect(self._forget)
-
-    def initializePage(self) -> None:
-        self.listen(progress=True)
 
     def _browse(self) -> None:
         name, _ = QFileDialog.getOpenFileName(self, "Training data", "", "Data (*.jsonl *.json *.csv)")
@@ -161,16 +151,16 @@ class DataPage(Page):
         self.summary.setText("Reading the data…")
         self.issues.clear()
         self.preview.clear()
-        self._request = self.wiz().bridge.request(Method.FINETUNE_PREPARE, {"base": self.wiz().base, "data": self.path.text().strip()})
+        (self.run(Method.FINETUNE_PREPARE, {"base": self.wiz().base, "data": self.path.text().strip()})
+         .on_progress(self._on_progress).on_success(self._on_prepared)
+         .on_failure(lambda failure: self.summary.setText(f"The data could not be read: {worded(failure)}")))
         self.completeChanged.emit()
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id == self._request and data.get("message"):
+    def _on_progress(self, data: dict[str, Any]) -> None:
+        if data.get("message"):
             self.summary.setText(str(data["message"]))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_prepared(self, result: dict[str, Any]) -> None:
         self.result = result
         report = result["report"]
         self.summary.setText(report["summary"])
@@ -185,10 +175,6 @@ class DataPage(Page):
             parts.append(f"<p><b>line {example['line']}</b></p><pre>{body}</pre>")
         self.preview.setHtml("".join(parts))
         self.completeChanged.emit()
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request:
-            self.summary.setText(f"The data could not be read: {message}")
 
     def isComplete(self) -> bool:
         r = self.result

@@ -12,7 +12,8 @@ from typing import Any
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QListWidget, QProgressBar, QPushButton, QVBoxLayout
 
-from app.runtime.protocol import Method
+from app.runtime.protocol import Method, RuntimeFailure
+from app.ui.errors import worded
 from app.ui.models.hub_models import fmt_bytes, fmt_eta
 from app.ui.widgets.charts import LineChart
 from app.ui.wizards.finetune.pages import Page
@@ -48,13 +49,11 @@ class TrainPage(Page):
         layout.addWidget(QLabel("Samples:", self))
         layout.addWidget(self.samples, 1)
         layout.addLayout(buttons)
-        self._request: str | None = None
         self.result: dict[str, Any] | None = None
         self.run_dir: str | None = None
 
     def initializePage(self) -> None:
-        self.listen(progress=True)
-        if self.result is None and self._request is None:
+        if self.result is None and self.request is None:
             self.start({"base": self.wiz().base, "data": self.wiz().data_path, "settings": self.wiz().settings, "output": self.wiz().output})
 
     def start(self, params: dict[str, Any]) -> None:
@@ -63,7 +62,8 @@ class TrainPage(Page):
         self.resume_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("Starting the training process…")
-        self._request = self.wiz().bridge.request(Method.FINETUNE_TRAIN, params)
+        (self.run(Method.FINETUNE_TRAIN, params)
+         .on_progress(self._on_progress).on_success(self._on_finished).on_stopped(self._on_stopped).on_failure(self._on_failed))
         self.completeChanged.emit()
 
     def resume(self) -> None:
@@ -71,12 +71,10 @@ class TrainPage(Page):
             self.start({"resume": self.run_dir})
 
     def cancel(self) -> None:
-        if self._request is not None and self.result is None:
-            self.wiz().bridge.cancel(self._request)
+        if self.request is not None and self.result is None:
+            self.request.cancel()
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_progress(self, data: dict[str, Any]) -> None:
         stage = data.get("stage")
         if data.get("message"):
             self.status.setText(str(data["message"]))
@@ -95,16 +93,17 @@ class TrainPage(Page):
         elif stage == "checkpoint":
             self.run_dir = str(data["path"]).rsplit("/checkpoints/", 1)[0]
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_stopped(self, result: dict[str, Any]) -> None:
+        """Cancelled or paused: the finished checkpoints stay, and Resume continues from the newest."""
         self.run_dir = result.get("run_dir") or self.run_dir
         self.cancel_button.setEnabled(False)
-        if result.get("finish_reason") != "done":
-            stopped = "Paused." if result.get("status") == "paused" else "Cancelled."
-            self.status.setText(stopped + (" Resume continues from the last checkpoint." if result.get("checkpoint") else ""))
-            self.resume_button.setEnabled(bool(result.get("checkpoint")))
-            return
+        stopped = "Paused." if result.get("status") == "paused" else "Cancelled."
+        self.status.setText(stopped + (" Resume continues from the last checkpoint." if result.get("checkpoint") else ""))
+        self.resume_button.setEnabled(bool(result.get("checkpoint")))
+
+    def _on_finished(self, result: dict[str, Any]) -> None:
+        self.run_dir = result.get("run_dir") or self.run_dir
+        self.cancel_button.setEnabled(False)
         self.result = result
         self.wiz().train_result = result
         self.progress.setValue(100)
@@ -115,11 +114,9 @@ class TrainPage(Page):
         self.figures.setText(f"Peak memory {fmt_bytes(result['peak_memory']['bytes'])} measured · {fmt_bytes(estimate)} estimated")
         self.completeChanged.emit()
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id != self._request:
-            return
+    def _on_failed(self, failure: RuntimeFailure) -> None:
         self.cancel_button.setEnabled(False)
-        self.status.setText(html.escape(message))
+        self.status.setText(html.escape(worded(failure)))
         self.resume_button.setEnabled(self.run_dir is not None)
 
     def isComplete(self) -> bool:
@@ -157,34 +154,29 @@ class ExportPage(Page):
         layout.addWidget(self.status)
         layout.addWidget(self.chat_button)
         layout.addStretch(1)
-        self._request: str | None = None
         self.model_id: str | None = None
-
-    def initializePage(self) -> None:
-        self.listen(progress=True)
 
     def export(self) -> None:
         result = self.wiz().train_result or {}
         formats = ["adapter", *(["merged"] if self.merged.isChecked() else []), *(["gguf"] if self.gguf.isChecked() else [])]
         self.export_button.setEnabled(False)
         self.status.setText("Exporting…")
-        self._request = self.wiz().bridge.request(Method.FINETUNE_EXPORT, {"run_dir": result.get("run_dir"), "formats": formats, "qtype": self.qtype.currentText()})
+        (self.run(Method.FINETUNE_EXPORT, {"run_dir": result.get("run_dir"), "formats": formats, "qtype": self.qtype.currentText()})
+         .on_progress(self._on_progress).on_success(self._on_finished).on_stopped(self._on_stopped)
+         .on_failure(self._on_failed))
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_progress(self, data: dict[str, Any]) -> None:
         if isinstance(data.get("fraction"), (int, float)):
             self.progress.setValue(int(100 * data["fraction"]))
         if data.get("message"):
             self.status.setText(str(data["message"]))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
-        if result.get("status", "done") != "done":  # cancelled: the half-made outputs were removed
-            self.status.setText(str(result.get("message") or "Export cancelled."))
-            self.export_button.setEnabled(True)
-            return
+    def _on_stopped(self, result: dict[str, Any]) -> None:
+        """Cancelled: the half-made outputs were removed."""
+        self.status.setText(str(result.get("message") or "Export cancelled."))
+        self.export_button.setEnabled(True)
+
+    def _on_finished(self, result: dict[str, Any]) -> None:
         self.wiz().export_result = result
         self.model_id = result.get("model_id")
         lines = [f"{k}: {v}" for k, v in result.items() if k in ("adapter", "merged", "gguf")]
@@ -193,10 +185,9 @@ class ExportPage(Page):
         self.export_button.setEnabled(True)
         self.chat_button.setEnabled(self.model_id is not None)
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request:
-            self.status.setText(f"Export failed: {message}")
-            self.export_button.setEnabled(True)
+    def _on_failed(self, failure: RuntimeFailure) -> None:
+        self.status.setText(f"Export failed: {worded(failure)}")
+        self.export_button.setEnabled(True)
 
     def _chat(self) -> None:
         if self.model_id:

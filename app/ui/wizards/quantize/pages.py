@@ -1,7 +1,7 @@
 """The four pages of the quantize wizard: pick a model, pick targets, run, compare the results.
 
-Each page talks to the worker only through the bridge and keeps the id of its own request; the
-answers to other requests are ignored. The wizard (``wizard.py``) holds what the pages share.
+Each page talks to the worker through its own requests (`BridgePage.run`); the wizard
+(``wizard.py``) holds what the pages share.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from app.runtime.protocol import Method
+from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
+from app.ui.errors import worded
 from app.ui.wizards.common import BridgePage
 from app.ui.models.hub_models import fmt_bytes, fmt_eta
 from app.ui.widgets.charts import BarChart
@@ -58,26 +59,19 @@ class PickModelPage(_Page):
         layout = QVBoxLayout(self)
         layout.addWidget(self.table)
         layout.addWidget(self.status)
-        self._request: str | None = None
         self.table.selectionModel().selectionChanged.connect(lambda *_: self.completeChanged.emit())
 
     def initializePage(self) -> None:
-        self.listen()
-        self._request = self.wiz().bridge.request(Method.MODELS_LIST, {})
+        self.run(Method.MODELS_LIST, {}).on_success(self._on_listed).on_failure(
+            lambda failure: self.status.setText(f"The library could not be read: {worded(failure)}"))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_listed(self, result: dict[str, Any]) -> None:
         self.models.set_rows(result.get("models", []))
         self.status.setText(f"{self.models.rowCount()} model(s) in the library.")
         preferred = self.wiz().preselect
         for i, row in enumerate(self.models.rows()):
             if preferred and preferred in (row.get("id"), row.get("path")):
                 self.table.selectRow(i)
-
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request:
-            self.status.setText(f"The library could not be read: {message}")
 
     def select_model(self, model_id: str) -> bool:
         for i, row in enumerate(self.models.rows()):
@@ -121,7 +115,6 @@ class TargetsPage(_Page):
         layout = QVBoxLayout(self)
         for w in (self.recommended, self.reason, self.several, self.list, self.evaluate, self.warnings):
             layout.addWidget(w)
-        self._request: str | None = None
         self._listing: dict[str, Any] | None = None
         self.several.toggled.connect(self.list.setEnabled)
         self.several.toggled.connect(lambda *_: self.completeChanged.emit())
@@ -132,13 +125,10 @@ class TargetsPage(_Page):
         self._listing = None
         self.list.clear()
         self.reason.setText("Asking the planner…")
-        self.listen()
         assert wiz.model is not None
-        self._request = wiz.bridge.request(Method.QUANTIZE_TARGETS, {"model": wiz.model["path"]})
+        self.run(Method.QUANTIZE_TARGETS, {"model": wiz.model["path"]}).on_success(self._on_targets).on_failure(self._on_failed)
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self._request:
-            return
+    def _on_targets(self, result: dict[str, Any]) -> None:
         self._listing = result
         rec = result.get("recommended")
         if rec:
@@ -163,10 +153,9 @@ class TargetsPage(_Page):
         self.warnings.setText("\n".join(result.get("warnings", [])))
         self.completeChanged.emit()
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id == self._request:
-            self.reason.setText(message)
-            self.recommended.setEnabled(False)
+    def _on_failed(self, failure: RuntimeFailure) -> None:
+        self.reason.setText(worded(failure))
+        self.recommended.setEnabled(False)
 
     def check(self, names: list[str]) -> None:
         """Tick these targets (and switch to choosing several)."""
@@ -216,7 +205,6 @@ class RunPage(_Page):
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         layout.addStretch(1)
-        self.request_id: str | None = None
         self.done = False
         self.error = ""
 
@@ -226,26 +214,23 @@ class RunPage(_Page):
         self.overall.setValue(0)
         self.current.setValue(0)
         self.cancel_button.setEnabled(True)
-        self.listen(progress=True)
         assert wiz.model is not None
         params: dict[str, Any] = {"model": wiz.model["path"], "targets": list(wiz.targets), "evaluate": wiz.evaluate}
         if wiz.eval_tokens:
             params["eval_tokens"] = wiz.eval_tokens
-        self.request_id = wiz.bridge.request(Method.QUANTIZE_RUN, params)
+        (self.run(Method.QUANTIZE_RUN, params)
+         .on_progress(self._on_progress).on_success(self._on_finished).on_stopped(self._on_stopped).on_failure(self._on_failed))
 
     def running(self) -> bool:
-        return self.request_id is not None and not self.done and not self.error
+        return self.request is not None and self.request.running
 
     def cancel(self) -> None:
-        if self.running():
-            assert self.request_id is not None
-            self.wiz().bridge.cancel(self.request_id)
+        if self.request is not None and self.running():
+            self.request.cancel()
             self.cancel_button.setEnabled(False)
             self.detail.setText("Cancelling…")
 
-    def _on_progress(self, request_id: str, data: dict[str, Any]) -> None:
-        if request_id != self.request_id:
-            return
+    def _on_progress(self, data: dict[str, Any]) -> None:
         step, steps = data.get("step"), data.get("steps")
         if step and steps:
             self.step.setText(f"Step {step} of {steps}: {data.get('step_title', '')}")
@@ -256,12 +241,7 @@ class RunPage(_Page):
             eta = data.get("eta_s")
             self.detail.setText(str(data.get("message", "")) + (f" — about {fmt_eta(eta)} left" if eta is not None else ""))
 
-    def _on_finished(self, request_id: str, result: dict[str, Any]) -> None:
-        if request_id != self.request_id:
-            return
-        if result.get("status", "done") != "done":  # a stopped run answers with a result: nothing was added
-            self._on_failed(request_id, "cancelled", str(result.get("message") or "Cancelled; nothing was added to the library."))
-            return
+    def _on_finished(self, result: dict[str, Any]) -> None:
         self.done = True
         self.wiz().report = result
         self.overall.setValue(100)
@@ -271,11 +251,17 @@ class RunPage(_Page):
         self.cancel_button.setEnabled(False)
         self.completeChanged.emit()
 
-    def _on_failed(self, request_id: str, kind: str, message: str) -> None:
-        if request_id != self.request_id:
-            return
+    def _on_stopped(self, result: dict[str, Any]) -> None:
+        """A cancelled run: the worker removed what it made; nothing was added."""
+        self._ended("Cancelled.", str(result.get("message") or "Cancelled; nothing was added to the library."))
+
+    def _on_failed(self, failure: RuntimeFailure) -> None:
+        # kind cancelled: cancelled while it waited for its turn
+        self._ended("Cancelled." if failure.kind is ErrorKind.CANCELLED else "The quantization failed.", worded(failure))
+
+    def _ended(self, step: str, message: str) -> None:
         self.error = message
-        self.step.setText("Cancelled." if kind == "cancelled" else "The quantization failed.")
+        self.step.setText(step)
         self.detail.setText(message)
         self.cancel_button.setEnabled(False)
         self.completeChanged.emit()
