@@ -63,6 +63,7 @@ class Settings:
     server_max_tokens: int = 4096  # the most tokens one request may ask for
     # Remote OpenAI-compatible engines: [{"name": ..., "url": ..., "api_key": ...}]
     remote_endpoints: list[dict[str, Any]] = field(default_factory=list)
+    docs_max_file_mb: int = 64  # document collections: a bigger file is named in the report and skipped
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @classmethod
@@ -190,6 +191,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "server_queue_limit": _int_in(1, 1_000_000),
     "server_max_tokens": _int_in(1, 10_000_000),
     "remote_endpoints": _endpoints,
+    "docs_max_file_mb": _int_in(1, 1_000_000),
 }
 
 
