@@ -1,4 +1,5 @@
-"""Test-wide set-up: every test runs against a private HEARTH_HOME, offscreen Qt, and leaks no worker."""
+"""Test-wide set-up: every test runs against a private HEARTH_HOME, offscreen Qt, and leaks no worker
+or child-job process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before anything from app is imported: data, settings and logs go to a throw-away folder.
 _HOME = tempfile.mkdtemp(prefix="hearth-test-home-")
@@ -16,7 +18,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
+from app.runtime.launcher import CHILD_FLAG, WORKER_FLAG  # noqa: E402
 from app.runtime.library import embedded_model_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from app.runtime.hardware import Hardware
 
 
 @pytest.fixture(scope="session")
@@ -25,22 +31,43 @@ def model_path() -> Path:
     return embedded_model_path()
 
 
+# The flags of Hearth's own processes: the worker and the child jobs (`--child ROLE`: dry run,
+# convert, quantize, fine-tune...) that app/runtime/childjob.py runs.
+LEAK_FLAGS = (WORKER_FLAG, CHILD_FLAG)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_workers() -> Iterator[None]:
-    """Fail a test that leaves a worker process running behind it."""
+    """Fail a test that leaves a worker or a child-job process running behind it."""
     yield
     me = psutil.Process()
-    leaked = []
+    leaked: dict[psutil.Process, str] = {}
     for child in me.children(recursive=True):
         try:
-            if "--worker" in child.cmdline():
-                leaked.append(child)
+            cmdline = child.cmdline()
         except psutil.Error:
             continue
-    gone, alive = psutil.wait_procs(leaked, timeout=5)
+        flags = [i for i, arg in enumerate(cmdline) if arg in LEAK_FLAGS]
+        if flags:
+            leaked[child] = " ".join(cmdline[flags[0] : flags[0] + 2])  # "--worker ..." or "--child ROLE"
+    gone, alive = psutil.wait_procs(list(leaked), timeout=5)
     for proc in alive:
         proc.kill()
-    assert not alive, f"worker processes left running: {[p.pid for p in alive]}"
+    assert not alive, f"processes left running: {[(p.pid, leaked[p]) for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def hardware_here() -> Hardware:
+    """This machine as the project's own hardware probe sees it (GPUs included), probed once.
+
+    A test whose expectation depends on whether this machine has a GPU branches on this (or
+    skips, saying why) instead of assuming the machine it was written on; never on nvcc. The RAM
+    bandwidth it measures goes to a throw-away store, not to the user's measurements.
+    """
+    from app.runtime import hardware
+    from app.runtime.measurements import MemoryMeasurementStore
+
+    return hardware.probe(measurements=MemoryMeasurementStore(hardware.this_machine()))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ tensors with each kernel's launch swapped for a recorder; each recorded launch (
 constexprs) is then compiled ahead of time with ``triton.compile`` down to a cubin (NVIDIA, through
 the ptxas that ships with Triton) or an hsaco (AMD). That checks what the interpreter cannot:
 that the kernels lower for the GPUs Hearth targets (tensor-core dots, bf16, layouts, registers).
-It does not run them: there is no GPU here.
+It does not run them, so it needs no GPU.
 
 Usage: python tests/kernels/aot_compile.py TARGET... (cuda:80, cuda:90, hip:gfx942, ...); prints
 one JSON object per line.

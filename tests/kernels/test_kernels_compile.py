@@ -3,7 +3,7 @@
 The interpreter checks what the kernels compute; this checks that they lower to real GPU code:
 NVIDIA Turing, Ampere and Hopper (cubin, through the ptxas that ships with Triton) and AMD
 CDNA3/RDNA3 (hsaco), with fp16/bf16 tensor-core dots, and that they stay within each target's
-shared memory without spilling registers in earnest. Nothing is run: there is no GPU here.
+shared memory without spilling registers in earnest. Nothing is run, so no GPU is needed.
 """
 
 from __future__ import annotations

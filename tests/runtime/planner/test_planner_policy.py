@@ -1,10 +1,15 @@
-"""plan(): budgets, monotonicity, overrides, reasons, refusals — across the named profiles."""
+"""plan(): budgets, monotonicity, overrides, reasons, refusals — across the named profiles.
+
+A property checked over many plans counts the plans it checked: a refused plan checks nothing, so a
+planner that refused everything would otherwise pass them all.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -40,6 +45,13 @@ def plan_or_none(models):
     return make
 
 
+def must_plan(models: SimpleNamespace, hw: Hardware) -> set[tuple[str, str]]:
+    """The synthetic files no plan for ``hw`` may refuse: at most half its memory (the RAM available
+    and the free VRAM of GPUs that do not share it), leaving the rest for the KV cache and buffers."""
+    memory = hw.ram_available + sum(g.vram_free for g in hw.gpus if not g.unified_memory)
+    return {(n, q) for n, q in models.all() if models.file_sizes[n][q] <= memory // 2}
+
+
 def progress(p: Plan | None) -> tuple[int, int]:
     """(GPU layers, context); a refused plan is below every plan that runs."""
     if p is None:
@@ -73,17 +85,29 @@ def test_the_embedded_model_plans_on_every_profile_and_this_machine(smollm2):
 @pytest.mark.parametrize("profile", profile_names())
 def test_plans_never_exceed_any_device_budget(profile, models, plan_or_none):
     hw = load_profile(profile)
+    required = must_plan(models, hw)
+    assert required, f"no synthetic model is small enough for {profile}: this test would check nothing"
     for prefs in (UserPrefs(), UserPrefs(safety_margin_bytes=2 * GiB, ram_margin_bytes=3 * GiB)):
+        checked = on_gpu = 0
         for name, quant in models.all():
             p = plan_or_none(name, quant, hw, prefs)
-            if p is not None:
-                assert_within_budgets(p, hw, prefs)
+            if p is None:
+                assert (name, quant) not in required, f"{name} {quant} refused on {profile} with {prefs}"
+                continue
+            assert_within_budgets(p, hw, prefs)
+            checked += 1
+            on_gpu += p.gpu_layers.value["n_gpu_layers"] > 0
+        assert checked >= len(required), (profile, checked)
+        assert on_gpu >= (len(required) if hw.gpus else 0), f"the GPU budgets of {profile} were checked on {on_gpu} plans"
 
 
 def test_more_vram_never_gives_fewer_layers_or_less_context(synthetic, plan_or_none):
     plans = [(n, progress(plan_or_none(*synthetic, load_profile(n)))) for n in BY_VRAM]
     for (small, a), (big, b) in zip(plans, plans[1:]):
         assert b[0] >= a[0] and b[1] >= a[1], f"{small} {a} -> {big} {b}"
+    planned = [n for n, (layers, _) in plans if layers >= 0]
+    # every synthetic model runs on the two largest profiles: at least one comparison of two plans
+    assert len(planned) >= 2, f"{synthetic} planned only on {planned}: nothing was compared"
 
 
 @pytest.mark.parametrize(("name", "quant"), [("Llama-3-8B", "Q8_0"), ("Llama-3-70B", "Q4_K_M"), ("Qwen2.5-7B", "F16"), ("Mixtral-8x7B", "Q4_K_M")])
@@ -103,6 +127,7 @@ def test_monotone_in_fine_vram_steps(name, quant, gpus, models, plan_or_none):
 def test_every_field_has_a_reason_and_auto_fields_are_not_marked(models, plan_or_none):
     for profile in profile_names():
         hw = load_profile(profile)
+        checked = 0
         for name, quant in models.all():
             p = plan_or_none(name, quant, hw)
             if p is None:
@@ -111,6 +136,8 @@ def test_every_field_has_a_reason_and_auto_fields_are_not_marked(models, plan_or
                 assert choice.reason.strip(), field
                 assert not choice.overridden, field
             assert p.kv_type.value in ("f16", "q8_0")  # q4 never by default
+            checked += 1
+        assert checked >= len(must_plan(models, hw)) > 0, (profile, checked)
 
 
 def test_overrides_win_and_are_marked(models):

@@ -1,4 +1,9 @@
-"""The planner's pre-load estimates against the buffer sizes llama.cpp logs when it really loads."""
+"""The planner's pre-load estimates against the buffer sizes llama.cpp logs when it really loads.
+
+The plan is made for the named ``cpu-16gb`` profile, not for whatever this machine has: what is
+compared is a CPU-only load's "CPU ... buffer" lines (skipped, saying why, where llama.cpp here
+would use a GPU).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import sys
 
 import pytest
 
-from app.runtime import hardware, library, planner
+from app.runtime import library, planner
 
 MiB = 2**20
 LOAD_AND_LOG = """
@@ -26,11 +31,13 @@ LINES = {
 
 @pytest.mark.parametrize("n_ctx", [512, 2048, 8192])
 @pytest.mark.parametrize(("kv_type", "flash"), [("f16", False), ("q8_0", True)])
+@pytest.mark.usefixtures("llama_cpp_on_the_cpu")
 def test_estimates_within_10_percent_of_a_real_load(n_ctx: int, kv_type: str, flash: bool) -> None:
     model = library.read_gguf(library.embedded_model_path(), source="embedded")
     prefs = planner.UserPrefs(context_length=n_ctx, kv_type=kv_type, flash_attention=flash, threads=2)
-    made = planner.plan(model, hardware.probe(), prefs)  # estimated before anything touches llama.cpp
-    estimate = made.memory.value["devices"][0]
+    made = planner.plan(model, planner.load_profile("cpu-16gb"), prefs)  # estimated before anything touches llama.cpp
+    (estimate,) = made.memory.value["devices"]  # the CPU, and only the CPU
+    assert estimate["device"] == "cpu" and made.gpu_layers.value["n_gpu_layers"] == 0
     kwargs = planner.llama_cpp_kwargs(made)
     done = subprocess.run(
         [sys.executable, "-c", LOAD_AND_LOG, model.path, json.dumps(kwargs)], capture_output=True, text=True, timeout=120, check=True
