@@ -3,6 +3,9 @@
 One model is loaded at a time; the old one is closed before the next loads (llama.cpp frees its
 memory in close(), and two models at once is how a desktop runs out of RAM). Every load starts
 from the planner: the plan is sent to the listener before loading, with its one-line summary.
+
+A cancelled chat ends as a result with ``status: "cancelled"`` and the partial reply
+(``finish_reason: "cancelled"``); a chat cannot pause, so a pause is a cancel.
 """
 
 from __future__ import annotations
@@ -11,20 +14,22 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from app.runtime import library, planner
-from app.runtime.backends.base import Backend
-from app.runtime.hardware import Hardware
-from app.runtime.jobs import JobState
+from app.runtime.backends.base import Backend, Completion
+from app.runtime.hardware import Hardware, this_machine
+from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.library import ModelInfo
 from app.runtime.planner import Plan, UserPrefs, dryrun, fallback
 from app.runtime.planner import torch_plan
+from app.runtime.measurements import FileMeasurementStore, MeasurementStore
 from app.runtime.planner.calibrate import saved_calibration
 from app.runtime.planner.torch_plan import TorchPrefs
-from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
+from app.runtime.protocol import ChatParams, ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +38,72 @@ BACKEND_SETTINGS = ("model_backends", "default_backend")  # saved settings that 
 DRY_RUN_ABOVE = 0.5  # confirm a plan with a dry run when it uses more than this share of a budget
 
 
+# ---- declared params and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnginePlanParams:
+    model: str | None = None  # a library id, name or path; None = the default model
+    prefs: dict[str, Any] = field(default_factory=dict)  # planner preferences over the saved settings
+    hardware: str | None = None  # a profile name or JSON file: plan for another machine
+
+
+@dataclass(frozen=True)
+class EnginePlanResult:
+    model: dict[str, Any]
+    hardware: str  # "probe" for this machine, else the profile planned for
+    plan: dict[str, Any]
+    summary: str
+
+
+@dataclass(frozen=True)
+class EngineLoadParams:
+    model: str | None = None
+    prefs: dict[str, Any] = field(default_factory=dict)
+    reload: bool = False  # load again even when the same model with the same settings is loaded
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What is loaded; an unloaded engine says only ``{"loaded": false}``."""
+
+    loaded: bool
+    model: dict[str, Any] | None = omitted_when_none()
+    backend: str | None = omitted_when_none()
+    plan: dict[str, Any] | None = omitted_when_none()
+    summary: str | None = omitted_when_none()
+    settings: dict[str, Any] | None = omitted_when_none()
+    chat_template: str | None = omitted_when_none()  # the model's own, for viewing
+    template_source: str | None = omitted_when_none()
+    measured: dict[str, Any] | None = omitted_when_none()
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A finished (or cancelled: ``finish_reason`` says so, ``text`` is the partial reply) answer."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, Any]
+    timings: dict[str, Any]
+    model: str | None
+    context: dict[str, Any] | None = omitted_when_none()
+    template: str | None = omitted_when_none()
+    kept: dict[str, Any] | None = omitted_when_none()  # server.generate: the GUI conversation's KV kept around it (ms)
+    speculation: dict[str, Any] | None = omitted_when_none()  # with a drafter: steps, drafted, accepted (backends.hooks)
+
+    @classmethod
+    def of(cls, completion: Completion, model: str | None, **extra: Any) -> ChatResult:
+        return cls(**completion.to_dict(), model=model, **extra)
+
+
 class EngineService:
-    def __init__(self, *, models: Callable[[], list[ModelInfo]], hardware: Callable[[], Hardware], default_prefs: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, *, models: Callable[[], list[ModelInfo]], hardware: Callable[[], Hardware], default_prefs: Callable[[], dict[str, Any]],
+                 measurements: MeasurementStore | None = None) -> None:
         self._models = models
         self._hardware = hardware
+        # what benches measured on this machine: the one store the planner is handed (tests give a MemoryMeasurementStore)
+        self.measurements = measurements if measurements is not None else FileMeasurementStore.default(this_machine)
         self._default_prefs = default_prefs  # the person's saved settings, under each request's own
         self._lock = threading.Lock()
         self._backend: Backend | None = None
@@ -46,50 +113,57 @@ class EngineService:
 
     # ---- requests ---------------------------------------------------------------------------------
 
-    def plan(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def methods(self) -> list[MethodSpec[Any, Any]]:
+        """The status answers at once; everything that touches the model runs on the engine thread."""
+        return [
+            MethodSpec(Method.ENGINE_STATUS.value, NoParams, EngineStatus, Mode.QUICK, self.status),
+            MethodSpec(Method.ENGINE_PLAN.value, EnginePlanParams, EnginePlanResult, Mode.ENGINE, self.plan),
+            MethodSpec(Method.ENGINE_LOAD.value, EngineLoadParams, EngineStatus, Mode.ENGINE, self.load),
+            MethodSpec(Method.ENGINE_UNLOAD.value, NoParams, EngineStatus, Mode.ENGINE, self.unload),
+            MethodSpec(Method.CHAT.value, ChatParams, ChatResult, Mode.ENGINE, self.chat,
+                       doc="cancel ends with status cancelled and the partial reply"),
+        ]
+
+    def plan(self, params: EnginePlanParams, ctx: JobContext) -> EnginePlanResult:
         """The plan for a model without loading it (what the person sees before a load);
         ``hardware`` names a profile or JSON file to plan for another machine."""
-        model, prefs = self._request_target(params)
-        profile = params.get("hardware")
-        if profile is not None and not isinstance(profile, str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'hardware' must be a profile name or a JSON file path")
-        hw = planner.load_profile(profile) if profile else self._hardware()
-        made = self.make_plan(model, prefs, hw, torch_prefs=self.torch_prefs(params.get("prefs") or {}))
-        return {"model": model.to_dict(), "hardware": hw.source, "plan": made.to_dict(), "summary": planner.summary(made)}
+        model, prefs = self._request_target(params.model, params.prefs)
+        hw = planner.load_profile(params.hardware) if params.hardware else self._hardware()
+        made = self.make_plan(model, prefs, hw, torch_prefs=self.torch_prefs(params.prefs))
+        return EnginePlanResult(model.to_dict(), hw.source, made.to_dict(), planner.summary(made))
 
-    def load(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        model, prefs = self._request_target(params)
-        self._ensure_loaded(model, prefs, state, force=bool(params.get("reload")), torch_prefs=self.torch_prefs(params.get("prefs") or {}))
-        return self.status({}, state)
+    def load(self, params: EngineLoadParams, ctx: JobContext) -> EngineStatus:
+        model, prefs = self._request_target(params.model, params.prefs)
+        self._ensure_loaded(model, prefs, ctx, force=params.reload, torch_prefs=self.torch_prefs(params.prefs))
+        return self.status(NoParams(), ctx)
 
-    def unload(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def unload(self, params: NoParams, ctx: JobContext) -> EngineStatus:
         with self._lock:
             self._close_current()
-        return {"loaded": False}
+        return EngineStatus(loaded=False)
 
-    def status(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def status(self, params: NoParams, ctx: JobContext) -> EngineStatus:
         model, made, backend = self._model, self._plan, self._backend
         if model is None or backend is None or made is None:
-            return {"loaded": False}
-        return {
-            "loaded": True,
-            "model": model.to_dict(),
-            "backend": backend.name,
-            "plan": made.to_dict(),
-            "summary": planner.summary(made),
-            "settings": dict(getattr(backend, "settings", {})),
-            "chat_template": getattr(backend, "chat_template", None),  # the model's own, for viewing
-            "template_source": getattr(backend, "template_source", None),
-            "measured": dict(self._measured),
-        }
+            return EngineStatus(loaded=False)
+        return EngineStatus(
+            loaded=True,
+            model=model.to_dict(),
+            backend=backend.name,
+            plan=made.to_dict(),
+            summary=planner.summary(made),
+            settings=dict(getattr(backend, "settings", {})),
+            chat_template=getattr(backend, "chat_template", None),
+            template_source=getattr(backend, "template_source", None),
+            measured=dict(self._measured),
+        )
 
-    def chat(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        request = ChatParams.from_dict(params)
+    def chat(self, request: ChatParams, ctx: JobContext) -> ChatResult:
         if request.model is not None and request.model.startswith("remote:"):
             from app.runtime.backends import remote  # streams from an endpoint; the local model stays loaded
 
-            sent = remote.resolve(request.model).chat(request.messages, request.sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)
-            return {**sent.to_dict(), "model": request.model}
+            sent = remote.resolve(request.model).chat(request.messages, request.sampling, on_token=ctx.token, is_cancelled=lambda: ctx.cancelled)
+            return ChatResult.of(sent, request.model)
         if request.backend not in ("auto", *BACKENDS):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {request.backend!r}. Available: auto, {', '.join(BACKENDS)}.")
         if request.backend != "auto":
@@ -103,18 +177,16 @@ class EngineService:
             # A conversation's own settings (say, its context length) may need a different plan;
             # _ensure_loaded keeps the loaded model when the plan comes out the same.
             model = library.resolve(request.model, self._models()) if request.model or current is None else current
-            loaded = self._ensure_loaded(model, self.prefs(request.prefs), state, torch_prefs=self.torch_prefs(request.prefs))
+            loaded = self._ensure_loaded(model, self.prefs(request.prefs), ctx, torch_prefs=self.torch_prefs(request.prefs))
         completion = loaded.chat(
             request.messages,
             request.sampling,
-            on_token=state.token,
-            is_cancelled=lambda: state.cancelled,
+            on_token=ctx.token,
+            is_cancelled=lambda: ctx.cancelled,
             context_policy=request.context_policy,
             chat_template=request.chat_template,
         )
-        result = completion.to_dict()
-        result["model"] = self._model.id if self._model else None
-        return result
+        return ChatResult.of(completion, self._model.id if self._model else None)
 
     @property
     def backend(self) -> Backend | None:
@@ -127,13 +199,7 @@ class EngineService:
 
     # ---- internals --------------------------------------------------------------------------------
 
-    def _request_target(self, params: dict[str, Any]) -> tuple[ModelInfo, UserPrefs]:
-        model_ref = params.get("model")
-        if model_ref is not None and not isinstance(model_ref, str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'model' must be a model id, name or path")
-        raw_prefs = params.get("prefs", {})
-        if not isinstance(raw_prefs, dict):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'prefs' must be an object of planner preferences")
+    def _request_target(self, model_ref: str | None, raw_prefs: dict[str, Any]) -> tuple[ModelInfo, UserPrefs]:
         return library.resolve(model_ref, self._models()), self.prefs(raw_prefs)
 
     def _merged(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +229,13 @@ class EngineService:
         (else it is estimated from the metadata, for quick listings), with this machine's calibration."""
         prefs = self._with_backend(model, prefs)
         if planner.choose_backend(model, prefs).value == "torch":
-            return planner.plan(model, hw, prefs, torch_prefs=torch_prefs or self.torch_prefs({}))
+            torch_prefs = torch_prefs or self.torch_prefs({})
+            torch_plan.measure_missing(model, hw, prefs, torch_prefs, self.measurements)
+            return planner.plan(model, hw, prefs, torch_prefs=torch_prefs, measurements=self.measurements)
         shape = planner.read_shape(model) if exact else None
-        return planner.plan(model, hw, prefs, shape=shape, calibration=saved_calibration(hw))
+        return planner.plan(model, hw, prefs, shape=shape, calibration=saved_calibration(hw, self.measurements))
 
-    def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, state: JobState, *, force: bool = False, torch_prefs: TorchPrefs | None = None) -> Backend:
+    def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, ctx: JobContext, *, force: bool = False, torch_prefs: TorchPrefs | None = None) -> Backend:
         hw = self._hardware()
         made = self.make_plan(model, prefs, hw, torch_prefs=torch_prefs)
         with self._lock:
@@ -177,11 +245,11 @@ class EngineService:
                 return current
             self._close_current()
             if made.backend.value == "torch":
-                return self._load_torch(model, made, state)
-            shape, calibration = planner.read_shape(model), saved_calibration(hw)  # the header is parsed once per process
-            made, checked = self._confirm(made, model, hw, prefs, shape, calibration, state)
-            state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
-            state.progress("loading", message=f"Loading {model.name}", model=model.id)
+                return self._load_torch(model, made, ctx)
+            shape, calibration = planner.read_shape(model), saved_calibration(hw, self.measurements)  # the header is parsed once per process
+            made, checked = self._confirm(made, model, hw, prefs, shape, calibration, ctx)
+            ctx.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
+            ctx.progress("loading", message=f"Loading {model.name}", model=model.id)
             from app.runtime.backends.llama_cpp import LlamaCppBackend
 
             process = psutil.Process()
@@ -190,7 +258,7 @@ class EngineService:
                 lambda p: LlamaCppBackend(model.path, planner.llama_cpp_kwargs(p)), made, model, hw, prefs, shape=shape, calibration=calibration
             )
             if changes:
-                state.progress("replanned", message=" ".join(changes), model=model.id, plan=made.to_dict())
+                ctx.progress("replanned", message=" ".join(changes), model=model.id, plan=made.to_dict())
             self._measured = {
                 "rss_increase_bytes": process.memory_info().rss - before,
                 "load_seconds": round(loaded.load_seconds, 3),
@@ -199,23 +267,23 @@ class EngineService:
             }
             self._backend, self._model, self._plan = loaded, model, made
             log.info("loaded %s: %s (measured %s)", model.id, planner.summary(made), self._measured)
-            state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
+            ctx.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
             return loaded
 
-    def _load_torch(self, model: ModelInfo, made: Plan, state: JobState) -> Backend:
+    def _load_torch(self, model: ModelInfo, made: Plan, ctx: JobContext) -> Backend:
         """Load with the torch plan (no dry run: accelerate's budgets already bound every device)."""
         from app.runtime.backends.torch import TorchBackend
 
-        state.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked="no dry run for torch")
+        ctx.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked="no dry run for torch")
         if model.format == "gguf":
             from app.runtime.hf_folder import cached_folder, hf_folder_for_gguf
 
             if not (cached_folder(model.path) / "hearth-source.txt").is_file():
-                state.progress("converting", message=f"Converting {model.name} for torch (once)", model=model.id)
+                ctx.progress("converting", message=f"Converting {model.name} for torch (once)", model=model.id)
             source = hf_folder_for_gguf(model.path)
         else:
             source = model.path
-        state.progress("loading", message=f"Loading {model.name} in torch", model=model.id)
+        ctx.progress("loading", message=f"Loading {model.name} in torch", model=model.id)
         process = psutil.Process()
         before = process.memory_info().rss
         loaded = TorchBackend(source, torch_plan.torch_kwargs(made))
@@ -223,11 +291,11 @@ class EngineService:
                           "dry_run": "none", "fallback": []}
         self._backend, self._model, self._plan = loaded, model, made
         log.info("loaded %s in torch: %s (measured %s)", model.id, planner.summary(made), self._measured)
-        state.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
+        ctx.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
         return loaded
 
     @staticmethod
-    def _confirm(made: Plan, model: ModelInfo, hw: Hardware, prefs: UserPrefs, shape: Any, calibration: Any, state: JobState) -> tuple[Plan, str]:
+    def _confirm(made: Plan, model: ModelInfo, hw: Hardware, prefs: UserPrefs, shape: Any, calibration: Any, ctx: JobContext) -> tuple[Plan, str]:
         """Confirm a tight plan with a dry run (a child process that simulates the allocations).
 
         A plan that uses little of every budget skips it: the dry run costs about a second of
@@ -237,7 +305,7 @@ class EngineService:
         tightest = max((d["total"] / d["budget"] for d in devices if d.get("budget")), default=1.0)
         if tightest < DRY_RUN_ABOVE:
             return made, f"no dry run: the plan uses {tightest:.0%} of the tightest memory budget"
-        state.progress("checking", message="Checking the plan with a dry run", model=model.id)
+        ctx.progress("checking", message="Checking the plan with a dry run", model=model.id)
         measured = dryrun.dry_run(model.path, planner.llama_cpp_kwargs(made))
         return dryrun.confirm(made, model, hw, prefs, measured, shape=shape, calibration=calibration)
 

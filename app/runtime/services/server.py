@@ -6,24 +6,76 @@ for `hearth serve`). Its HTTP handlers submit `server.generate` jobs to this pro
 
 `generate` is the ENGINE-mode job: it loads the named model on demand (or uses the loaded one as
 it is), then generates on the llama.cpp context with the GUI conversation's KV saved and restored
-around it (app.runtime.server.keep). Remote models stream from their endpoint instead.
+around it by the backend (app.runtime.backends.llama_keep). Remote models stream from their endpoint instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from app.runtime import library
-from app.runtime.jobs import JobState
-from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
+from app.runtime.jobs import JobContext, MethodSpec, Mode
+from app.runtime.protocol import ErrorKind, Method, NoParams, RuntimeFailure, Sampling, omitted_when_none
 from app.runtime.server.local import LocalClient, Submit
 from app.runtime.server.queue import RequestLog
-from app.runtime.services.engine import EngineService
+from app.runtime.services.engine import ChatResult, EngineLoadParams, EngineService
 
 log = logging.getLogger(__name__)
+
+
+# ---- declared params and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerStartParams:
+    """This start's own options over the saved server settings (None = the saved value)."""
+
+    host: str | None = None
+    port: int | None = None
+    api_key: str | None = None
+    cors_origins: list[str] | str | None = None
+    queue_limit: int | None = None
+    max_tokens: int | None = None
+    max_body_bytes: int | None = None
+    model: str | None = None  # loaded before the server answers
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A stopped server says only ``{"running": false}``."""
+
+    running: bool
+    url: str | None = omitted_when_none()
+    port: int | None = omitted_when_none()
+    queue: dict[str, Any] | None = omitted_when_none()  # {"used", "limit"}
+    config: dict[str, Any] | None = omitted_when_none()  # the settings it runs with, without the key
+
+
+@dataclass(frozen=True)
+class ServerLogParams:
+    since: int = 0  # the log_seq of the last entry seen (0 for all)
+
+
+@dataclass(frozen=True)
+class ServerLogResult(ServerStatus):
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServerGenerateParams:
+    """One API request's generation (built by app.runtime.server.params)."""
+
+    kind: Literal["chat", "completion"]
+    model: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    response_format: dict[str, Any] | None = None
 
 
 class ServerService:
@@ -40,15 +92,25 @@ class ServerService:
         """The dispatcher's submit, given by the dispatcher itself when it starts."""
         self._submit = submit
 
+    def methods(self) -> list[MethodSpec[Any, Any]]:
+        """Binding and stopping wait on sockets; its generations queue with the chats on the engine thread."""
+        return [
+            MethodSpec(Method.SERVER_START.value, ServerStartParams, ServerStatus, Mode.BACKGROUND, self.start),
+            MethodSpec(Method.SERVER_STOP.value, NoParams, ServerStatus, Mode.BACKGROUND, self.stop),
+            MethodSpec(Method.SERVER_STATUS.value, NoParams, ServerStatus, Mode.QUICK, self.status),
+            MethodSpec(Method.SERVER_LOG.value, ServerLogParams, ServerLogResult, Mode.QUICK, self.requests),
+            MethodSpec(Method.SERVER_GENERATE.value, ServerGenerateParams, ChatResult, Mode.ENGINE, self.generate),
+        ]
+
     # ---- control (start/stop: BACKGROUND; status/log: QUICK) ----------------------------------------
 
-    def start(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def start(self, params: ServerStartParams, state: JobContext) -> ServerStatus:
         from app.runtime.server.config import ServerConfig
         from app.runtime.server.runner import RunningServer
 
         if self._submit is None:
             raise RuntimeFailure(ErrorKind.INTERNAL, "The server service is not attached to a dispatcher.")
-        config = ServerConfig.from_settings(params)  # refuses a non-loopback address without a key
+        config = ServerConfig.from_settings(dataclasses.asdict(params))  # refuses a non-loopback address without a key
         with self._lock:
             if self._running is not None:
                 raise RuntimeFailure(ErrorKind.BUSY, f"The server is already running at {self._running.url}. Stop it first.")
@@ -62,49 +124,40 @@ class ServerService:
                 self._client.close()
                 self._client = None
                 raise
-        return self.status({}, state)
+        return self.status(NoParams(), state)
 
-    def stop(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def stop(self, params: NoParams, state: JobContext) -> ServerStatus:
         with self._lock:
             running, client, self._running, self._client = self._running, self._client, None, None
         if running is not None:
             running.stop()
         if client is not None:
             client.close()
-        return {"running": False}
+        return ServerStatus(running=False)
 
-    def status(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def status(self, params: NoParams, state: JobContext) -> ServerStatus:
         running = self._running
         if running is None:
-            return {"running": False}
-        return {**running.status(), "config": running.config.public()}
+            return ServerStatus(running=False)
+        return ServerStatus(**running.status(), config=running.config.public())
 
-    def requests(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
-        since = params.get("since", 0)
-        if isinstance(since, bool) or not isinstance(since, int):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'since' must be the log_seq of the last entry seen (0 for all)")
-        return {"entries": self.log.since(since), **self.status({}, state)}
+    def requests(self, params: ServerLogParams, state: JobContext) -> ServerLogResult:
+        return ServerLogResult(**dataclasses.asdict(self.status(NoParams(), state)), entries=self.log.since(params.since))
 
     def close(self) -> None:
-        self.stop({}, JobState("close", lambda event: None))
+        self.stop(NoParams(), JobContext.detached("close"))
 
     # ---- the generation job (ENGINE) --------------------------------------------------------------
 
-    def generate(self, params: dict[str, Any], state: JobState) -> dict[str, Any]:
+    def generate(self, params: ServerGenerateParams, state: JobContext) -> ChatResult:
         state.progress("started")  # the server's queue-wait timing and first-in-first-out order
-        kind = params.get("kind")
-        if kind not in ("chat", "completion"):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'kind' must be chat or completion")
-        sampling = Sampling.from_dict(params.get("sampling"))
-        model_ref = params.get("model")
-        if model_ref is not None and not isinstance(model_ref, str):
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'model' must be a model id")
-        messages, prompt = params.get("messages"), params.get("prompt")
-        if kind == "chat" and (not isinstance(messages, list) or not messages):
+        kind, sampling, model_ref = params.kind, params.sampling, params.model
+        messages, prompt = params.messages, params.prompt
+        if kind == "chat" and not messages:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "a chat needs 'messages'")
-        if kind == "completion" and not isinstance(prompt, str):
+        if kind == "completion" and prompt is None:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "a completion needs a string 'prompt'")
-        response_format = params.get("response_format")
+        response_format = params.response_format
         from app.runtime.backends import remote
 
         if remote.is_remote(model_ref):
@@ -114,31 +167,32 @@ class ServerService:
             if kind != "chat" or response_format:
                 raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"The {backend.name} backend serves chat completions without response_format; load a GGUF model for the rest.")
             completion = backend.chat(messages, sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)  # type: ignore[arg-type]
-            return {**completion.to_dict(), "model": model_id}
-        from app.runtime.server.generate import generate, grammar_for, prompt_tokens
+            return ChatResult.of(completion, model_id)
+        from app.runtime.server.generate import generate
 
-        grammar = grammar_for(response_format, backend.llama._model.vocab)
-        tokens = prompt_tokens(backend, messages=messages if kind == "chat" else None, prompt=prompt)
-        completion, kept = generate(backend, tokens, sampling, grammar=grammar, on_token=state.token, is_cancelled=lambda: state.cancelled)
-        return {**completion.to_dict(), "model": model_id, "kept": {k: round(v * 1000, 2) for k, v in kept.items()}}
+        completion = generate(  # the backend keeps the GUI conversation's KV around it; the result says what that cost
+            backend, messages=messages if kind == "chat" else None, prompt=prompt, sampling=sampling,
+            response_format=response_format, on_token=state.token, is_cancelled=lambda: state.cancelled,
+        )
+        return ChatResult.of(completion, model_id)
 
-    def _backend_for(self, model_ref: str | None, state: JobState) -> tuple[Any, str]:
+    def _backend_for(self, model_ref: str | None, state: JobContext) -> tuple[Any, str]:
         """The loaded backend when the request names it (or nothing); else load the named model."""
-        status = self._engine.status({}, state)
+        status = self._engine.status(NoParams(), state)
         backend = self._engine.backend
-        if status["loaded"] and backend is not None:
-            loaded = status["model"]
+        if status.loaded and status.model is not None and backend is not None:
+            loaded = status.model
             if model_ref is None or model_ref in (loaded["id"], loaded["path"]) or model_ref.lower() == loaded["name"].lower():
                 return backend, loaded["id"]
         model = library.resolve(model_ref, self._models())
-        self._engine.load({"model": model.path}, state)
+        self._engine.load(EngineLoadParams(model=model.path), state)
         backend = self._engine.backend
         if backend is None:
             raise RuntimeFailure(ErrorKind.LOAD_FAILED, f"{model.name} did not load.")
         return backend, model.id
 
     @staticmethod
-    def _remote(model_ref: str, kind: str, messages: Any, prompt: Any, sampling: Sampling, response_format: Any, state: JobState) -> dict[str, Any]:
+    def _remote(model_ref: str, kind: str, messages: Any, prompt: Any, sampling: Sampling, response_format: Any, state: JobContext) -> ChatResult:
         if response_format:
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, "response_format is not forwarded to remote engines by this version.")
         from app.runtime.backends import remote
@@ -149,4 +203,4 @@ class ServerService:
             completion = backend.chat(messages, sampling, on_token=state.token, is_cancelled=cancelled)
         else:
             completion = backend.complete(prompt, sampling, on_token=state.token, is_cancelled=cancelled)
-        return {**completion.to_dict(), "model": model_ref}
+        return ChatResult.of(completion, model_ref)
