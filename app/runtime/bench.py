@@ -137,7 +137,8 @@ class DirectLlama:
         )
 
     def run(self, messages: list[dict[str, str]], sampling: Sampling) -> Run:
-        llm, vocab = self.llm, self.llm._model.vocab
+        llm = self.llm
+        vocab = self._llama_cpp.llama_model_get_vocab(llm.model)  # public API: Llama.model is the llama_model pointer
         previous = llm.input_ids[: llm.n_tokens].tolist()
         started = time.perf_counter()  # rendering and tokenizing count: the worker does them too
         prompt = llm.tokenize(self._format(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)

@@ -94,3 +94,23 @@ def test_chat_params_validate_the_policy_and_template() -> None:
         with pytest.raises(RuntimeFailure) as caught:
             ChatParams.from_dict({**base, **bad})
         assert caught.value.kind is ErrorKind.INVALID_PARAMS
+
+
+def test_the_context_budget_shares_out_the_context() -> None:
+    chat = ctxw.ContextBudget.for_chat(512, max_tokens=40)
+    assert (chat.reply, chat.conversation) == (40, 472)
+    assert ctxw.ContextBudget.for_chat(512, max_tokens=4096).reply == 256  # at most half: room stays for the conversation
+    shared = ctxw.ContextBudget.for_chat(1000, max_tokens=100, tools=200, documents=300)
+    assert shared.conversation == 400
+    msgs = conversation(10)
+    # Tool schemas and documents take their share: the conversation forgets as if the context were that much smaller.
+    assert ctxw.fit(msgs, ctxw.ROLLING_WINDOW, ctxw.ContextBudget(320, 20, tools=100, documents=100), render=render) == ctxw.fit_window(
+        msgs, ctxw.ROLLING_WINDOW, n_ctx=120, reserve=20, render=render
+    )
+    api = ctxw.ContextBudget.for_prompt(512, prompt_tokens=500, max_tokens=100)
+    assert api.reply == 12 and api.conversation == 500
+    with pytest.raises(RuntimeFailure, match="context_length_exceeded") as caught:
+        ctxw.ContextBudget.for_prompt(512, prompt_tokens=512, max_tokens=1)
+    assert caught.value.kind is ErrorKind.INVALID_PARAMS
+    with pytest.raises(RuntimeFailure, match="cannot hold"):
+        ctxw.ContextBudget(512, 100, tools=300, documents=200)

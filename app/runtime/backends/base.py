@@ -25,6 +25,10 @@ class Completion:
     # dropped_range, shifted, evaluated_tokens, cached_tokens, policy. None for backends without one.
     context: dict[str, Any] | None = None
     template: str | None = None  # "model", "override" or "fallback": which chat template rendered the prompt
+    # With a drafter (see backends.hooks): verify steps, tokens drafted and accepted, and why it was off if it was.
+    speculation: dict[str, Any] | None = None
+    # An API request on llama.cpp: seconds spent saving and restoring the studio conversation's KV around it.
+    kept: dict[str, float] | None = None
 
     @property
     def decode_tps(self) -> float:
@@ -48,6 +52,8 @@ class Completion:
             },
             **({"context": dict(self.context)} if self.context is not None else {}),
             **({"template": self.template} if self.template is not None else {}),
+            **({"speculation": dict(self.speculation)} if self.speculation is not None else {}),
+            **({"kept": {k: round(v * 1000, 2) for k, v in self.kept.items()}} if self.kept is not None else {}),  # in ms
         }
 
 

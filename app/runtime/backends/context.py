@@ -5,20 +5,23 @@ replies after it. When the rendered conversation plus room for the reply does no
 a policy picks one gap of whole turns to forget (`Window`): the oldest turns after the system
 prompt ("rolling_window"), the turns after the first one ("truncate_middle"), or none at all
 ("stop_at_limit", which refuses instead). Everything here works on token lists and a `render`
-function (messages -> tokens), so it is independent of llama.cpp except `shift_kv`.
+function (messages -> tokens), so it is independent of any backend.
+
+How the context is shared out before a reply starts is a `ContextBudget`: the conversation, the
+tool schemas, the documents and the reply each get a number of tokens, from the plan's n_ctx.
 
 The KV cache then follows the window in place: for ChatML-like templates every turn renders on
 its own, so the tokens of the kept messages are exactly the cached tokens with the forgotten
 turns' span cut out. `plan_reuse` finds that span by comparing tokens (never by assuming the
-template's shape), and `shift_kv` removes it and RoPE-shifts the rest (StreamingLLM-style), so
-only the new turn is evaluated. When the tokens say otherwise, the caller re-evaluates instead.
+template's shape), and the backend removes it and RoPE-shifts the rest (StreamingLLM-style,
+`llama_kv.KvSequence.shift`), so only the new turn is evaluated. When the tokens say otherwise,
+the caller re-evaluates instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 
@@ -42,6 +45,57 @@ def reserve_for(max_tokens: int, n_ctx: int) -> int:
     shifting during generation, or ends with "length".
     """
     return max(1, min(max_tokens, n_ctx // 2))
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    """How many tokens each part of a request may take of the context, decided before the reply starts.
+
+    ``reply`` is kept free for the answer; ``tools`` and ``documents`` are what tool schemas and
+    retrieved passages may take (0 until those features exist); the conversation gets the rest and
+    the context policy (`fit`) forgets old turns to stay inside it. A reply longer than its share is
+    not cut by the budget: the backend shifts the context during generation, or ends with "length".
+    """
+
+    n_ctx: int
+    reply: int
+    tools: int = 0
+    documents: int = 0
+
+    def __post_init__(self) -> None:
+        parts = (self.reply, self.tools, self.documents)
+        if min(parts) < 0 or sum(parts) >= self.n_ctx:
+            raise RuntimeFailure(
+                ErrorKind.INVALID_PARAMS,
+                f"The context ({self.n_ctx} tokens) cannot hold the reply ({self.reply}), tool schemas ({self.tools}) "
+                f"and documents ({self.documents}) with any room left for the conversation.",
+            )
+
+    @classmethod
+    def for_chat(cls, n_ctx: int, *, max_tokens: int, tools: int = 0, documents: int = 0) -> ContextBudget:
+        """A conversation that may forget old turns: the reply's share is `reserve_for` (at most half)."""
+        return cls(n_ctx, reserve_for(max_tokens, n_ctx - tools - documents), tools, documents)
+
+    @classmethod
+    def for_prompt(cls, n_ctx: int, *, prompt_tokens: int, max_tokens: int) -> ContextBudget:
+        """A prompt kept whole (an API request): it must fit, and the reply gets what is left, up to
+        ``max_tokens``. Too long a prompt is INVALID_PARAMS (the server's context_length_exceeded)."""
+        if prompt_tokens >= n_ctx:
+            raise RuntimeFailure(
+                ErrorKind.INVALID_PARAMS,
+                f"This prompt is {prompt_tokens} tokens; the loaded model's context holds {n_ctx}. Shorten it (context_length_exceeded).",
+            )
+        return cls(n_ctx, max(0, min(max_tokens, n_ctx - prompt_tokens)))
+
+    @property
+    def conversation(self) -> int:
+        return self.n_ctx - self.reply - self.tools - self.documents
+
+
+def fit(messages: Sequence[Message], policy: str, budget: ContextBudget, *, render: Render, floor: tuple[int, int] | None = None) -> Window:
+    """`fit_window` within a budget: the rendered conversation and the reply's share within what
+    the tool schemas and documents leave of the context."""
+    return fit_window(messages, policy, n_ctx=budget.n_ctx - budget.tools - budget.documents, reserve=budget.reply, render=render, floor=floor)
 
 
 @dataclass(frozen=True)
@@ -203,27 +257,3 @@ def plan_reuse(held: Sequence[int], prompt: Sequence[int], keep: int) -> Reuse:
         if keep + run > best.reused:
             best = Reuse(keep, pos - keep, keep + run)
     return best
-
-
-def shift_kv(llm: Any, keep: int, drop: int) -> bool:
-    """Forget cached positions [keep, keep + drop) and move the later ones left by ``drop``.
-
-    llama.cpp re-rotates the moved keys (RoPE shift) the next time it decodes. The Python side's
-    ``input_ids``/``n_tokens`` follow, and the last logits no longer belong to the last token, so
-    `Llama.generate` must evaluate at least one token before sampling. False when the cache type
-    cannot shift (then nothing was changed).
-    """
-    import llama_cpp
-
-    mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
-    if not mem or not llama_cpp.llama_memory_can_shift(mem):
-        return False
-    total = llm.n_tokens
-    if not llama_cpp.llama_memory_seq_rm(mem, 0, keep, keep + drop):
-        return False
-    llama_cpp.llama_memory_seq_add(mem, 0, keep + drop, -1, -drop)
-    ids = llm.input_ids
-    ids[keep : total - drop] = ids[keep + drop : total].copy()
-    llm.n_tokens = total - drop
-    llm._requires_eval = True
-    return True

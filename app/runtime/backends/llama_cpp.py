@@ -1,14 +1,18 @@
 """GGUF models through llama-cpp-python: load with explicit options, stream a chat, close.
 
-Generation runs token by token through `Llama.generate` (not `create_chat_completion`), so the
-backend counts tokens exactly, checks cancel between every token, and owns stop strings; the
-prompt is rendered with the model's own chat template from its GGUF metadata (or a person's
-override, or ChatML when the model's is broken: see `templates`). `Llama.generate` reuses the
-longest cached prefix, so a later turn only evaluates its new tokens.
+Generation runs through Hearth's own token loop (`llama_loop`), which decodes with its own batches,
+samples with a llama.cpp sampler chain, counts tokens exactly, checks cancel between every token,
+owns stop strings, and offers the hooks later features build on (a logits mask, a drafter). The
+studio's chat (`chat`) and the HTTP API (`complete`) both run through it. The prompt is rendered
+with the model's own chat template from its GGUF metadata (or a person's override, or ChatML when
+the model's is broken: see `templates`); the longest cached prefix is reused, so a later turn only
+evaluates its new tokens.
 
 A conversation longer than the context never fails: a context policy (see `context`) forgets whole
-old turns, the KV cache drops their span and shifts the rest in place, and the result's
-``context`` says how many messages the model no longer remembers.
+old turns within the request's `ContextBudget`, the KV cache drops their span and shifts the rest
+in place, and the result's ``context`` says how many messages the model no longer remembers. An
+API request instead must fit whole, and runs with the studio conversation's KV saved and restored
+around it (`llama_keep`), so the next turn in the studio still finds its prefix cached.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from app.runtime.backends import context as window_policy
+from app.runtime.backends import llama_loop
 from app.runtime.backends.base import Completion, IsCancelled, TokenSink
-from app.runtime.backends.context import Memory, Window
-from app.runtime.backends.streaming import ByteStopText
+from app.runtime.backends.context import ContextBudget, Memory, Window
+from app.runtime.backends.hooks import Drafter, LogitsMask
+from app.runtime.backends.llama_keep import ConversationKeeper
+from app.runtime.backends.llama_kv import KvSequence
+from app.runtime.backends.llama_loop import Generated, Sampler
 from app.runtime.backends.templates import FALLBACK_TEMPLATE, ChatTemplates, Formatter, render, template_tokens
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
@@ -37,7 +45,6 @@ SETTINGS = frozenset(
     ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "n_gpu_layers", "tensor_split", "flash_attn",
      "type_k", "type_v", "use_mmap", "use_mlock", "op_offload", "seed")
 )
-PREFILL_CHUNK = 256  # tokens per prompt-processing step; about a second at the slowest CPU speeds
 _UNKNOWN_ARCH = re.compile(r"unknown model architecture: '([^']*)'")
 
 
@@ -52,19 +59,18 @@ class LlamaCppBackend:
         if unknown:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"unknown llama.cpp setting(s): {', '.join(sorted(unknown))}")
         self.settings = dict(settings)
-        self._llama_cpp = llama_cpp
         started = time.perf_counter()
         self._llm = _load(llama_cpp, Path(model_path), self.settings)
         self.load_seconds = time.perf_counter() - started
-        llm = self._llm
-        self._vocab = llm._model.vocab
-        self._templates = ChatTemplates(llm.metadata.get("tokenizer.chat_template"), **template_tokens(llm))
+        self._kv = KvSequence(self._llm)
+        self._keeper = ConversationKeeper()
+        self._templates = ChatTemplates(self._llm.metadata.get("tokenizer.chat_template"), **template_tokens(self._llm))
         self._memory: Memory | None = None
         log.info("loaded %s in %.2f s with %s", Path(model_path).name, self.load_seconds, self.settings)
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        return self._kv.n_ctx
 
     @property
     def template_source(self) -> str:
@@ -76,15 +82,13 @@ class LlamaCppBackend:
         """The model's embedded chat template as the file has it, for a person to view or copy into an override."""
         return self._templates.model_template
 
-    @property
-    def llama(self) -> Any:
-        """The `llama_cpp.Llama` itself, for the API server's raw completions and grammars
-        (app.runtime.server.generate); like everything here, for the engine thread only."""
-        return self._llm
-
     def held_tokens(self) -> list[int]:
         """The tokens whose KV the context holds now, in position order (after any shift)."""
-        return self._llm.input_ids[: self._llm.n_tokens].tolist()
+        return self._kv.held()
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """A raw completion prompt's tokens (with BOS when the model wants one and ``add_bos``)."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def tokenize_chat(self, messages: Sequence[dict[str, str]], chat_template: str | None = None) -> list[int]:
         formatter, _ = self._templates.pick(messages, chat_template)
@@ -102,96 +106,76 @@ class LlamaCppBackend:
         is_cancelled: IsCancelled,
         context_policy: str = window_policy.ROLLING_WINDOW,
         chat_template: str | None = None,
+        mask: LogitsMask | None = None,
+        drafter: Drafter | None = None,
     ) -> Completion:
+        """The studio's conversation: kept inside the context by ``context_policy``, its KV reused and shifted."""
         if context_policy not in window_policy.POLICIES:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown context policy {context_policy!r}. Choose one of: {', '.join(window_policy.POLICIES)}.")
-        llm, llama_cpp = self._llm, self._llama_cpp
         formatter, template = self._templates.pick(messages, chat_template)
 
         def tokens(some: Sequence[dict[str, str]]) -> list[int]:
             return self._tokens(formatter, some)
 
-        reserve = window_policy.reserve_for(sampling.max_tokens, self.n_ctx)
-        window = window_policy.fit_window(messages, context_policy, n_ctx=self.n_ctx, reserve=reserve, render=tokens, floor=self._floor(messages))
+        budget = ContextBudget.for_chat(self.n_ctx, max_tokens=sampling.max_tokens)
+        window = window_policy.fit(messages, context_policy, budget, render=tokens, floor=self._floor(messages))
         prompt = window.tokens
-        shifted = self._follow_window(window, tokens)
-        cached = min(window_policy.common_prefix(self.held_tokens(), prompt), len(prompt) - 1)
+        state = {"window": window, "shifted": self._follow_window(window, tokens)}
         self._memory = Memory(window.messages, window.start, window.end)
-        started = time.perf_counter()
-        if not self._prefill(prompt, cached, is_cancelled):
-            report = self._report(context_policy, window, shifted, cached)
-            return Completion("", "cancelled", len(prompt), 0, cached, time.perf_counter() - started, 0.0, context=report, template=template)
-        llm.set_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() & 0x7FFFFFFF))
-        text = ByteStopText(sampling.stop)
-        n_out, finish = 0, "length"
-        first_at = started
-        pending: list[int] | None = prompt
-        while pending is not None:
-            generator = llm.generate(
-                pending,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=sampling.min_p,
-                temp=sampling.temperature,
-                repeat_penalty=sampling.repeat_penalty,
-            )
-            pending = None
-            try:
-                for token in generator:
-                    if n_out == 0:
-                        first_at = time.perf_counter()
-                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                        finish = "stop"
-                        break
-                    n_out += 1
-                    piece, stopped = text.feed(llm.detokenize([token]))
-                    if piece:
-                        on_token(piece)
-                    if stopped:
-                        finish = "stop"
-                        break
-                    if is_cancelled():
-                        finish = "cancelled"
-                        break
-                    if n_out >= sampling.max_tokens:
-                        break
-                    if llm.n_tokens >= self.n_ctx:  # no room left to evaluate this token
-                        moved = self._forget_oldest_turn(window, tokens) if context_policy in window_policy.SHIFTING_POLICIES else None
-                        if moved is None:
-                            break
-                        window, shifted = moved, True
-                        self._memory = Memory(window.messages, window.start, window.end)
-                        pending = [*self.held_tokens(), token]  # generate() finds all but this one cached
-                        break
-            finally:
-                generator.close()
-        tail = text.flush(finish == "stop")
-        if tail:
-            on_token(tail)
-        ended = time.perf_counter()
-        return Completion(
-            text=text.text,
-            finish_reason=finish,
-            prompt_tokens=len(prompt),
-            completion_tokens=n_out,
-            cached_tokens=cached,
-            prompt_seconds=first_at - started,
-            decode_seconds=ended - first_at,
-            context=self._report(context_policy, window, shifted, cached, prompt_tokens=len(prompt)),
-            template=template,
-        )
 
-    def _report(self, policy: str, window: Window, shifted: bool, cached: int, *, prompt_tokens: int | None = None) -> dict[str, Any]:
+        def make_room() -> bool:
+            """The reply filled the context: forget the oldest kept turn, when the policy allows."""
+            if context_policy not in window_policy.SHIFTING_POLICIES:
+                return False
+            moved = self._forget_oldest_turn(state["window"], tokens)
+            if moved is None:
+                return False
+            state.update(window=moved, shifted=True)
+            self._memory = Memory(moved.messages, moved.start, moved.end)
+            return True
+
+        with Sampler(self._kv, sampling) as sampler:
+            out = llama_loop.run(
+                self._kv, prompt, sampler, max_tokens=sampling.max_tokens, stop=sampling.stop, on_token=on_token,
+                is_cancelled=is_cancelled, mask=mask, drafter=drafter, make_room=make_room,
+            )
+        report = self._report(context_policy, state["window"], state["shifted"], out.cached_tokens, prompt_tokens=len(prompt))
+        return _completion(out, len(prompt), context=report, template=template)
+
+    def complete(
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        *,
+        on_token: TokenSink,
+        is_cancelled: IsCancelled,
+        grammar: str | None = None,
+        mask: LogitsMask | None = None,
+        drafter: Drafter | None = None,
+    ) -> Completion:
+        """An API request: ``tokens`` (a rendered chat or a raw prompt) must fit whole, ``grammar``
+        (GBNF, root rule "root") constrains the reply, and the studio conversation's cached KV is
+        saved and restored around it. The result's ``kept`` says what keeping it cost."""
+        if not tokens:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "The prompt is empty.")
+        budget = ContextBudget.for_prompt(self.n_ctx, prompt_tokens=len(tokens), max_tokens=sampling.max_tokens)
+        with Sampler(self._kv, sampling, grammar=grammar) as sampler, self._keeper.kept(self._kv) as costs:
+            out = llama_loop.run(
+                self._kv, tokens, sampler, max_tokens=budget.reply, stop=sampling.stop, on_token=on_token,
+                is_cancelled=is_cancelled, mask=mask, drafter=drafter,
+            )
+        return _completion(out, len(tokens), kept=costs)
+
+    def _report(self, policy: str, window: Window, shifted: bool, cached: int, *, prompt_tokens: int) -> dict[str, Any]:
         """What the UI shows about memory: how many of the oldest messages the model no longer sees."""
-        n_prompt = len(window.tokens) if prompt_tokens is None else prompt_tokens
         return {
             "policy": policy,
             "n_ctx": self.n_ctx,
-            "prompt_tokens": n_prompt,
+            "prompt_tokens": prompt_tokens,
             "dropped_messages": window.dropped,
             "dropped_range": [window.start, window.end],
             "shifted": shifted,
-            "evaluated_tokens": n_prompt - cached,
+            "evaluated_tokens": prompt_tokens - cached,
             "cached_tokens": cached,
         }
 
@@ -206,8 +190,8 @@ class LlamaCppBackend:
         """Make the cache hold the window's prompt with as little evaluation as possible; True if it shifted.
 
         When the kept tokens are the cached ones with one span cut out (the forgotten turns), that
-        span is removed and the rest moved in place; otherwise `_prefill` re-evaluates from the
-        first difference, which is correct, only slower.
+        span is removed and the rest moved in place; otherwise the loop re-evaluates from the first
+        difference, which is correct, only slower.
         """
         held, prompt = self.held_tokens(), window.tokens
         if window_policy.common_prefix(held, prompt) >= len(held):
@@ -218,7 +202,7 @@ class LlamaCppBackend:
             if window.dropped:
                 log.info("context: re-evaluating after token %d; the cached tokens do not line up with the kept turns", plan.reused)
             return False
-        if not window_policy.shift_kv(self._llm, plan.keep, plan.drop):
+        if not self._kv.shift(plan.keep, plan.drop):
             log.info("context: this KV cache cannot shift; re-evaluating after token %d", plan.keep)
             return False
         log.info("context: shifted in place (kept %d, dropped %d, reused %d of %d prompt tokens)", plan.keep, plan.drop, plan.reused, len(prompt))
@@ -241,35 +225,32 @@ class LlamaCppBackend:
         if not 0 < keep < upto or held[: len(prompt)] != prompt or prompt[:keep] + prompt[upto:] != after.tokens:
             log.info("context: the reply filled the context and the oldest turn cannot be cut out cleanly; stopping")
             return None
-        if not window_policy.shift_kv(self._llm, keep, upto - keep):
+        if not self._kv.shift(keep, upto - keep):
             return None
         log.info("context: the reply filled the context; forgot messages %d-%d (%d tokens)", window.end, nxt - 1, upto - keep)
         return after
 
-    def _prefill(self, prompt: list[int], cached: int, is_cancelled: IsCancelled) -> bool:
-        """Evaluate the prompt's new tokens in chunks, checking cancel between them.
-
-        llama.cpp cannot be interrupted inside a decode call (an abort callback in Python would
-        run hundreds of times per token), so a long prompt is cut into pieces instead. The last
-        token is left to `Llama.generate`, which then finds the rest cached and samples at once.
-        Returns False when cancelled.
-        """
-        llm = self._llm
-        end = len(prompt) - 1
-        if cached >= end:
-            return True
-        llm.n_tokens = cached  # eval() drops any KV past this point before it decodes
-        chunk = min(PREFILL_CHUNK, int(self.settings.get("n_batch", PREFILL_CHUNK)))
-        for start in range(cached, end, chunk):
-            if is_cancelled():
-                return False
-            llm.eval(prompt[start : min(start + chunk, end)])
-        return True
-
     def close(self) -> None:
-        llm, self._llm = getattr(self, "_llm", None), None
+        kv, llm = getattr(self, "_kv", None), getattr(self, "_llm", None)
+        self._kv, self._llm = None, None  # type: ignore[assignment]
+        if kv is not None:
+            kv.close()
         if llm is not None:
             llm.close()
+
+
+def _completion(out: Generated, prompt_tokens: int, **extra: Any) -> Completion:
+    return Completion(
+        text=out.text,
+        finish_reason=out.finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=out.completion_tokens,
+        cached_tokens=out.cached_tokens,
+        prompt_seconds=out.prompt_seconds,
+        decode_seconds=out.decode_seconds,
+        speculation=out.speculation.to_dict() if out.speculation is not None else None,
+        **extra,
+    )
 
 
 def _load(llama_cpp: Any, path: Path, settings: dict[str, Any]) -> Any:

@@ -1,0 +1,94 @@
+"""The two hooks a token loop offers the features built on it: a logits mask and a drafter.
+
+- A **logits mask** constrains each step (a grammar for tool calls, issue 17): it sees the step's
+  logits and the reply's tokens so far and returns what may come next, in whichever form its
+  compiler gives: allowed token ids, a boolean mask over the vocabulary, or an additive bias.
+- A **drafter** guesses the next tokens cheaply (prompt lookup, a draft model: issue 18); the loop
+  verifies a guess in one batch of the target model and keeps the longest prefix the target agrees
+  with, so the output is what plain decoding gives. Speculation is off while a mask or a grammar
+  constrains the reply: the verify step would have to run the constraint on tokens it may reject.
+
+Both are plain callables/objects with no llama.cpp in them, so they are testable alone and a
+second backend can adopt them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
+
+import numpy as np
+
+# What a mask may return: None (no constraint this step), allowed token ids (a sequence or an
+# integer array), a boolean array over the vocabulary (True = allowed) or a float array added to
+# the logits (-inf forbids). An empty set of allowed tokens ends the reply ("stop").
+Constraint = Union[None, Sequence[int], np.ndarray]
+
+
+class LogitsMask(Protocol):
+    def __call__(self, generated: Sequence[int], logits: np.ndarray) -> Constraint:
+        """What may follow ``generated`` (the reply's tokens so far); ``logits`` is this step's
+        row (float32, one per vocabulary entry), read-only by convention: return, do not edit."""
+        ...
+
+
+class Drafter(Protocol):
+    def propose(self, tokens: Sequence[int], limit: int) -> Sequence[int]:
+        """Up to ``limit`` tokens likely to follow ``tokens`` (the whole context so far, prompt and
+        reply, its last token being the one the guess continues). Fewer, or none, is fine."""
+        ...
+
+    def observe(self, proposed: int, accepted: int) -> None:
+        """How the last guess went: ``accepted`` of ``proposed`` tokens matched the target (to adapt k)."""
+        ...
+
+
+@dataclass
+class Speculation:
+    """What speculation did in one reply: verify steps, tokens proposed, tokens the target accepted."""
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    off: str | None = None  # why the drafter was not used, when it was not
+
+    @property
+    def rejected(self) -> int:
+        return self.drafted - self.accepted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "drafted": self.drafted, "accepted": self.accepted, **({"off": self.off} if self.off else {})}
+
+
+def apply_constraint(logits: np.ndarray, constraint: Constraint) -> bool:
+    """Apply a mask's answer to ``logits`` in place; False when it allows no token at all."""
+    if constraint is None:
+        return True
+    arr = constraint if isinstance(constraint, np.ndarray) else np.asarray(list(constraint), dtype=np.int64)
+    if arr.size == 0:
+        return False
+    if arr.dtype == np.bool_:
+        _same_shape(arr, logits)
+        if not arr.any():
+            return False
+        logits[~arr] = -np.inf
+    elif np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() >= logits.shape[0]:
+            raise ValueError(f"the logits mask allowed a token id outside the vocabulary (0..{logits.shape[0] - 1})")
+        kept = logits[arr].copy()
+        logits.fill(-np.inf)
+        logits[arr] = kept
+    elif np.issubdtype(arr.dtype, np.floating):
+        _same_shape(arr, logits)
+        logits += arr
+        if not np.isfinite(logits).any():
+            return False
+    else:
+        raise TypeError(f"a logits mask returned an array of {arr.dtype}; return token ids, a bool mask or a float bias")
+    return True
+
+
+def _same_shape(arr: np.ndarray, logits: np.ndarray) -> None:
+    if arr.shape != logits.shape:
+        raise ValueError(f"a logits mask returned shape {arr.shape}; the vocabulary has {logits.shape[0]} entries")
