@@ -383,7 +383,7 @@ def measure_planner_speed(measurements: MeasurementStore) -> dict[str, Any]:
     """Calibrate the planner's roofline with one short decode (kept in ``measurements`` for later
     plans), then compare its prediction with a real decode at a short and a long context fill (target ±30%)."""
     from app.runtime import hardware, library
-    from app.runtime.planner import calibrate
+    from app.runtime import calibrate
 
     model = library.read_gguf(library.embedded_model_path(), source="embedded")
     hw = hardware.probe(measurements=measurements)

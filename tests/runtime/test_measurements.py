@@ -27,7 +27,7 @@ from app.runtime.measurements import (
 )
 from app.runtime.planner import UserPrefs, load_profile, plan
 from app.runtime.planner import torch_plan
-from app.runtime.planner.calibrate import saved_calibration
+from app.runtime.planner.measured import calibration as saved_calibration
 
 HERE = Machine("Test CPU 9000", 4, 16 * 2**30, (), None, "0.3.16", "2.9.0")
 HW = Hardware(cpu_name="Test CPU 9000", cpu_cores_physical=4, cpu_cores_logical=8, simd=("avx2",), ram_total=16 * 2**30,

@@ -58,3 +58,4 @@ def kv_ranking(store: MeasurementStore | None) -> tuple[str, str] | None:
     if isinstance(saved, dict) and isinstance(saved.get("best"), str):
         return saved["best"], str(saved.get("reason") or "")
     return None
+

@@ -27,7 +27,7 @@ from app.runtime.library import ModelInfo
 from app.runtime.planner import Plan, UserPrefs, dryrun, fallback
 from app.runtime.planner import torch_plan
 from app.runtime.measurements import FileMeasurementStore, MeasurementStore
-from app.runtime.planner.calibrate import saved_calibration
+from app.runtime.planner.measured import calibration as saved_calibration
 from app.runtime.planner.torch_plan import TorchPrefs
 from app.runtime.protocol import ChatParams, ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
 

@@ -6,7 +6,8 @@ import dataclasses
 
 from app.runtime import hardware, library, planner
 from app.runtime.measurements import MemoryMeasurementStore
-from app.runtime.planner import calibrate
+from app.runtime import calibrate
+from app.runtime.planner.measured import calibration as saved_calibration
 
 
 def test_calibration_is_measured_saved_and_used() -> None:
@@ -14,13 +15,13 @@ def test_calibration_is_measured_saved_and_used() -> None:
     store = MemoryMeasurementStore(hardware.this_machine())
     hw = hardware.probe(measurements=store)
     other_machine = dataclasses.replace(hw, cpu_name="Some Other CPU")
-    assert calibrate.saved_calibration(hw, store) == planner.DEFAULT_CALIBRATION  # nothing measured yet
+    assert saved_calibration(hw, store) == planner.DEFAULT_CALIBRATION  # nothing measured yet
     measured, report = calibrate.calibrate(model, hw, measurements=store)
     assert report["measured_tokens_per_s"] > 0 and report["bound"] in ("per-core rate", "RAM", "VRAM")
     assert measured.source.startswith("measured")
-    assert calibrate.saved_calibration(hw, store) == measured
-    assert calibrate.saved_calibration(other_machine, store) == planner.DEFAULT_CALIBRATION  # per machine
-    assert calibrate.saved_calibration(planner.load_profile("cpu-16gb"), store) == planner.DEFAULT_CALIBRATION  # not for a profile
+    assert saved_calibration(hw, store) == measured
+    assert saved_calibration(other_machine, store) == planner.DEFAULT_CALIBRATION  # per machine
+    assert saved_calibration(planner.load_profile("cpu-16gb"), store) == planner.DEFAULT_CALIBRATION  # not for a profile
     assert planner.plan(model, hw, planner.UserPrefs(context_length=1024), measurements=store).speed.value == \
         planner.plan(model, hw, planner.UserPrefs(context_length=1024), calibration=measured).speed.value  # the planner reads it from the store
     made = planner.plan(model, hw, planner.UserPrefs(context_length=1024), calibration=measured)

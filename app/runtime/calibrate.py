@@ -4,7 +4,10 @@ A naive roofline over-predicts: SmolLM2's 92 MiB per token at the 26 GB/s this m
 would be ~270 tok/s, while llama.cpp decodes ~110. One short measured run fixes the effective
 bandwidth factor for the memory that bounds decode (the CPU's per-core rate or RAM, or the GPU's
 VRAM); the plan then says "calibrated" instead of "Hearth's defaults". `hearth bench` keeps it in
-the measurement store, where ``saved_calibration`` reads it back.
+the measurement store, where ``planner.measured.calibration`` reads it back.
+
+It lives outside the planner because it loads a backend: the planner stays pure and imports no
+backend, KV policy, quantizer or bench.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from app.runtime.hardware import Hardware
 from app.runtime.library import ModelInfo
 from app.runtime.measurements import CALIBRATION, MeasurementStore
-from app.runtime.planner import measured, policy, speed
+from app.runtime.planner import policy, speed
 from app.runtime.planner.schema import Plan, UserPrefs
 from app.runtime.planner.shape import read_shape
 from app.runtime.planner.speed import Calibration
@@ -28,11 +31,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_FILL = 1000  # tokens in the cache for the calibration's second run
 LONG_CONTEXT = 4096
 PROMPT = "Write a long numbered list of everyday objects, one per line, with a short description of each."
-
-
-def saved_calibration(hw: Hardware, measurements: MeasurementStore | None) -> Calibration:
-    """The calibration measured on this machine (kept in ``measurements``), or the defaults."""
-    return measured.calibration(hw, measurements)
 
 
 @dataclass(frozen=True)
