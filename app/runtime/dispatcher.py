@@ -137,6 +137,11 @@ class Dispatcher:
                 state.cancel()
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            # A job still inside native code (a decode step) would crash if its model were freed
+            # under it; the process is on its way out, which frees everything anyway.
+            log.warning("a job did not stop within %.0f s; leaving its model to the process exit", timeout)
+            return
         self.services.close()
 
     # ---- internals ----------------------------------------------------------------------------
