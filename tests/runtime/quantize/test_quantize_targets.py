@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from app.runtime.jobs import JobState
+from app.runtime.jobs import JobContext
 from app.runtime.planner import load_profile
+from app.runtime.protocol import encode_result
 from app.runtime.quantize import targets
+from app.runtime.services.quantize import QuantizeTargetsParams
 
 
 def _fixture_module() -> Any:
@@ -79,7 +81,7 @@ def _service() -> Any:
 
 
 def test_service_targets_recommend_for_the_machine(model_path: Path) -> None:
-    listing = _service().targets({"model": "smollm2-135m-instruct-q4_1"}, JobState("t", lambda e: None))
+    listing = encode_result(_service().targets(QuantizeTargetsParams(model="smollm2-135m-instruct-q4_1"), JobContext.detached()))
     names = [t["name"] for t in listing["targets"]]
     assert {"Q8_0", "Q4_K_M", "int8"} <= set(names)
     # on a 12 GB GPU a 135M model fits whole in any type: the best quality wins (Q8_0 counts as lossless)
