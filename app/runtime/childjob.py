@@ -242,19 +242,9 @@ Entry = Callable[[dict[str, Any], JobContext], Mapping[str, Any]]
 
 def serve(entry: Entry, role: str) -> int:
     """Run one child job: params from stdin, events on the real stdout, one final event, exit."""
-    out = launcher.take_stdout()
+    emit = launcher.protocol_emitter(launcher.EXIT_ORPHANED)
     logging.basicConfig(level=os.environ.get("HEARTH_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
-    lock = threading.Lock()
-
-    def emit(event: Event) -> None:
-        data = event.encode().encode("utf-8")
-        with lock:
-            try:
-                out.write(data)
-                out.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                os._exit(launcher.EXIT_ORPHANED)  # nobody is listening any more
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     line = sys.stdin.buffer.readline()

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 WORKER_FLAG = "--worker"
 CHILD_FLAG = "--child"
@@ -49,6 +50,25 @@ def take_stdout() -> BinaryIO:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+def protocol_emitter(gone_exit_code: int) -> Callable[[Any], None]:
+    """Take the real stdout (`take_stdout`) and return the one function that writes protocol
+    events on it, whole lines from any thread; when nobody reads any more the process exits
+    with ``gone_exit_code``."""
+    out = take_stdout()
+    lock = threading.Lock()
+
+    def emit(event: Any) -> None:  # an app.runtime.protocol.Event
+        data = event.encode().encode("utf-8")
+        with lock:
+            try:
+                out.write(data)
+                out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                os._exit(gone_exit_code)
+
+    return emit
 
 
 def exit_when_stdin_closes(code: int = EXIT_ORPHANED) -> None:

@@ -15,29 +15,17 @@ import os
 import sys
 import threading
 
-from app.runtime.launcher import take_stdout
-from app.runtime.protocol import Event
+from app.runtime.launcher import protocol_emitter
 
 log = logging.getLogger("app.runtime.worker")
 
 
 def main() -> int:
-    protocol_out = take_stdout()
+    emit = protocol_emitter(0)  # nobody listening any more: exit quietly
     _setup_logging()
     _limit_memory()
 
     from app.runtime.dispatcher import Dispatcher  # after the fd swap: imports may print
-
-    write_lock = threading.Lock()
-
-    def emit(event: Event) -> None:
-        data = event.encode().encode("utf-8")
-        with write_lock:
-            try:
-                protocol_out.write(data)
-                protocol_out.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                os._exit(0)  # nobody is listening any more
 
     dispatcher = Dispatcher(emit)
     emit(Dispatcher.hello())
@@ -51,8 +39,7 @@ def main() -> int:
     # Give the job thread a moment to stop cleanly, then leave even if native code is stuck.
     closer = threading.Thread(target=dispatcher.close, daemon=True)
     closer.start()
-    closer.join(2.0)
-    protocol_out.flush()
+    closer.join(2.0)  # the protocol stream is unbuffered: every event is already written
     os._exit(0)
 
 
