@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.hearth-installed
 export PYTHON VENV TORCH_SPEC TORCH_INDEX_URL
 
-.PHONY: install run test bench clean dist test-dist install-desktop
+.PHONY: install run test test-quality bench clean dist test-dist install-desktop
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ run: install
 	@$(VENV)/bin/hearth; rc=$$?; if [ $$rc -eq 2 ]; then exit 0; else exit $$rc; fi
 
 test: install
-	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -m "not dist"
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -m "not dist and not quality"
+
+# Quality measurements that take minutes of CPU each (GPTQ against round-to-nearest on SmolLM2).
+test-quality: install
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -m quality
 
 # Figures for the README (not tests): JSON in bench-results.json.
 bench: install

@@ -41,6 +41,8 @@ def _child(role: str) -> int:
         from app.runtime.quantize.child import convert_entry as entry
     elif role == "quantize":
         from app.runtime.quantize.child import quantize_entry as entry
+    elif role == "imatrix":
+        from app.runtime.quantize.imatrix import imatrix_entry as entry
     elif role == "finetune":
         from app.runtime.finetune.child import train_entry as entry
     elif role == "selftest-child":  # the child-job helper's own tests

@@ -58,23 +58,11 @@ def convert(folder: str, out: str, outtype: str) -> int:
 
 
 def load_imatrix(path: Path) -> dict[str, Any]:
-    """An importance matrix file as llama-imatrix writes it (GGUF: ``<tensor>.in_sum2`` and
-    ``<tensor>.counts`` per weight), as the per-column mean squares llama.cpp wants."""
-    import gguf
-    import numpy as np
+    """An importance matrix file as llama-imatrix writes it (GGUF with ``<tensor>.in_sum2`` and
+    ``<tensor>.counts`` per weight, or the older .dat), as the per-column mean squares llama.cpp wants."""
+    from app.runtime.quantize.imatrix_file import means_from_file
 
-    reader = gguf.GGUFReader(path, "r")
-    sums = {t.name.removesuffix(".in_sum2"): t for t in reader.tensors if t.name.endswith(".in_sum2")}
-    counts = {t.name.removesuffix(".counts"): t for t in reader.tensors if t.name.endswith(".counts")}
-    if not sums:
-        raise ValueError(f"{path.name} has no importance-matrix entries (no '.in_sum2' tensors); make it with llama-imatrix")
-    data: dict[str, Any] = {}
-    for name, tensor in sums.items():
-        s = np.asarray(tensor.data, dtype=np.float32).reshape(-1, int(tensor.shape[0]))  # (experts, columns)
-        c = np.asarray(counts[name].data, dtype=np.float32).reshape(-1) if name in counts else np.ones(s.shape[0], np.float32)
-        c = np.where(c > 0, c, 1.0)
-        data[name] = np.ascontiguousarray((s / c[:, None]).reshape(-1), dtype=np.float32)
-    return data
+    return dict(means_from_file(path))
 
 
 def quantize(source: str, out: str, ftype: int, threads: int, imatrix: str | None, allow_requantize: bool) -> int:

@@ -93,7 +93,7 @@ def quantize_gguf(source: Path, out: Path, qtype: str, *, state: JobContext | No
     """Quantize a GGUF file to ``qtype`` (a llama.cpp file type name such as "Q4_K_M") at ``out``
     (replaced if there), through ``llama_model_quantize`` in a child process.
 
-    ``imatrix``: an importance matrix file from llama-imatrix (GGUF format), passed to llama.cpp
+    ``imatrix``: an importance matrix file (Hearth's or llama-imatrix's, GGUF or the older .dat), passed to llama.cpp
     through ``llama_model_quantize_params.imatrix``. An already-quantized source is requantized
     (llama.cpp dequantizes each tensor first); the pipeline warns about the quality.
     """
@@ -105,6 +105,13 @@ def quantize_gguf(source: Path, out: Path, qtype: str, *, state: JobContext | No
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{target.name} needs an importance matrix (llama.cpp refuses it without one); pass an imatrix file or choose another type.")
     if imatrix is not None and not Path(imatrix).is_file():
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"There is no importance matrix file at {imatrix}.")
+    if imatrix is not None:
+        from app.runtime.quantize.imatrix_file import ImatrixFormatError, read_imatrix
+
+        try:
+            read_imatrix(imatrix)  # a damaged file is refused here, in words, not deep in the child
+        except ImatrixFormatError as exc:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, str(exc)) from exc
     checked = safety.inspect_source(source)
     if checked.kind != "gguf":
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{source} is a folder; convert it to GGUF first (convert_hf_to_gguf).")

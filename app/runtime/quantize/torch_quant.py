@@ -211,29 +211,47 @@ def _swap_linears(model: nn.Module, make: Callable[[nn.Linear], QuantizedLinear]
 
 
 def quantize_model(
-    model: nn.Module, scheme: str | WeightOnlyConfig, *, cpu_dtype: torch.dtype | None | str = "auto"
+    model: nn.Module,
+    scheme: str | WeightOnlyConfig,
+    *,
+    cpu_dtype: torch.dtype | None | str = "auto",
+    method: str = "rtn",
+    calibration: list[list[int]] | None = None,
+    ctx: Any = None,
 ) -> None:
     """Replace every ``nn.Linear`` but the embeddings/head with a ``QuantizedLinear``, in place.
 
     ``cpu_dtype``: the activation dtype of small CPU batches ("auto": :func:`cpu_compute_dtype`).
+    ``method``: "rtn" (round to nearest) or "gptq" (`app.runtime.quantize.gptq`, which needs
+    ``calibration``: token windows; same saved format either way).
     The scheme is recorded on ``model.config`` (``hearth_quantization``) when the model has one.
     """
     config = get_scheme(scheme)
     half = cpu_compute_dtype() if cpu_dtype == "auto" else cpu_dtype
     if isinstance(half, str) or half == torch.float32:
         half = None
+    made: dict[int, QuantizedWeight] = {}
+    if method == "gptq":
+        from app.runtime.quantize.gptq import gptq_weights
+
+        if not calibration:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "GPTQ needs calibration text (token windows).")
+        made = gptq_weights(model, calibration, config.bits, config.group_size, config.symmetric,
+                            skip=_kept_in_full_precision(model), ctx=ctx)
+    elif method != "rtn":
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown quantization method {method!r}; choose rtn or gptq.")
 
     def make(linear: nn.Linear) -> QuantizedLinear:
-        qw = config.quantize(linear.weight.data).to(linear.weight.device)
-        return QuantizedLinear(qw, linear.bias, cpu_compute_dtype=half)
+        qw = made.get(id(linear)) or config.quantize(linear.weight.data)
+        return QuantizedLinear(qw.to(linear.weight.device), linear.bias, cpu_compute_dtype=half)
 
     with torch.no_grad():
         count = _swap_linears(model, make)
     if count == 0:
         raise RuntimeFailure(ErrorKind.UNSUPPORTED, "This model has no linear layers to quantize.")
     if getattr(model, "config", None) is not None:
-        setattr(model.config, METADATA_KEY, config.to_dict())
-    log.info("quantized %d linear layers to %s (CPU activations: %s)", count, config.name, half)
+        setattr(model.config, METADATA_KEY, {**config.to_dict(), "algorithm": method})
+    log.info("quantized %d linear layers to %s by %s (CPU activations: %s)", count, config.name, method, half)
 
 
 def save_quantized(
@@ -258,10 +276,12 @@ def save_quantized(
                 continue
             seen.add(tensor.data_ptr())
             state[name] = tensor.detach().to("cpu").contiguous()
-        meta = {METADATA_KEY: json.dumps(config.to_dict()), "format": "pt"}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata=meta)
         model_config = model.config  # type: ignore[attr-defined]
-        setattr(model_config, METADATA_KEY, config.to_dict())
+        algorithm = (getattr(model_config, METADATA_KEY, None) or {}).get("algorithm", "rtn")
+        record = {**config.to_dict(), "algorithm": algorithm}  # how it was made; the format is the scheme
+        meta = {METADATA_KEY: json.dumps(record), "format": "pt"}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata=meta)
+        setattr(model_config, METADATA_KEY, record)
         model_config.save_pretrained(staging)
         generation = getattr(model, "generation_config", None)
         if generation is not None:
