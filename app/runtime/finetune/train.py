@@ -12,6 +12,7 @@ the checkpoint's step with the same schedule.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import shutil
@@ -76,8 +77,7 @@ def run(cfg: RunConfig, emit: Emit, *, resume: bool = False) -> dict[str, Any]:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing)
 
-    batches_per_epoch = -(-len(train_enc) // cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(-(-batches_per_epoch * cfg.epochs // cfg.grad_accum)))
+    total = planned_steps(-(-len(train_enc) // cfg.batch_size), grad_accum=cfg.grad_accum, epochs=cfg.epochs, max_steps=cfg.max_steps)
     save_steps = cfg.save_steps or max(1, total // 5)
     eval_steps = cfg.eval_steps or max(1, total // 10)
     sample_steps = cfg.sample_steps or eval_steps
@@ -123,6 +123,8 @@ def run(cfg: RunConfig, emit: Emit, *, resume: bool = False) -> dict[str, Any]:
         peft_config=LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=TARGETS, task_type="CAUSAL_LM"),
         callbacks=[callback],
     )
+    # After packing the batches are the trainer's own: count the steps from its dataloader, as it does.
+    total = events.total = planned_steps(len(trainer.get_train_dataloader()), grad_accum=cfg.grad_accum, epochs=cfg.epochs, max_steps=cfg.max_steps)
     checkpoint = last_checkpoint(cfg.run_dir) if resume else None
     emit({"kind": "start", "total_steps": total, "train_examples": len(train_enc), "validation_examples": len(val_enc),
           "skipped_rows": len(report.issues), "resumed_from": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
@@ -185,6 +187,16 @@ def _peak_memory(torch: Any, device: str) -> dict[str, Any]:
     return {"device": "cpu", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
+def planned_steps(batches_per_epoch: int, *, grad_accum: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps of a run, counted as the trainer counts them: each epoch rounds its last
+    partial accumulation up to a whole step (a run of 21 batches, accumulating 2, for 4 epochs is
+    44 steps, not 42), and the epochs may be fractional."""
+    if max_steps > 0:
+        return max_steps
+    per_epoch = max(batches_per_epoch // grad_accum + int(batches_per_epoch % grad_accum > 0), 1)
+    return max(1, math.ceil(epochs * per_epoch))
+
+
 class _Events:
     """The trainer's callbacks turned into Hearth's events (a TrainerCallback's hooks, bound here)."""
 
@@ -198,6 +210,8 @@ class _Events:
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0, self._step0 = time.monotonic(), state.global_step
+        if state.max_steps and state.max_steps > 0:
+            self.total = int(state.max_steps)  # the trainer's own count is the one it will stop at
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = dict(logs or {})

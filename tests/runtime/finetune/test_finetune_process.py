@@ -123,3 +123,20 @@ def test_cancel_during_export_removes_what_it_made(smollm2_hf: Path, tmp_path: P
     assert not (cfg.run_dir / "merged").exists() and not (cfg.run_dir / "gguf").exists()
     assert not library_dir.exists() or not list(library_dir.iterdir())
     assert (cfg.run_dir / "adapter" / "adapter_config.json").is_file()  # the training's own output stays
+
+
+def test_progress_never_counts_past_the_real_total(smollm2_hf: Path, tmp_path: Path) -> None:
+    """30 examples in batches of 2 is 15 batches an epoch; accumulating 2 makes 8 optimizer steps an
+    epoch (the last half-filled), so 2 epochs are 16 steps, not the 15 the old estimate said."""
+    from app.runtime.finetune.train import planned_steps
+
+    assert planned_steps(15, grad_accum=2, epochs=2.0, max_steps=-1) == 16
+    assert planned_steps(21, grad_accum=2, epochs=4.0, max_steps=-1) == 44
+    settings = {**TINY, "max_steps": -1, "epochs": 2.0, "grad_accum": 2, "save_steps": 100}
+    cfg = RunConfig(base=str(smollm2_hf), data=str(FACTS / "train.jsonl"), output=str(tmp_path / "run"), **settings)
+    state = Recorder()
+    result = runner.train(cfg, state)
+    totals = {e["total_steps"] for e in state.of("start") + state.of("step")}
+    steps = [e["step"] for e in state.of("step")]
+    assert totals == {16} and steps[-1] == 16 == result["steps"]
+    assert all(e["done"] <= e["total"] for e in state.of("step"))
