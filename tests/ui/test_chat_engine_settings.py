@@ -113,3 +113,27 @@ def test_the_model_is_unloaded_after_an_idle_time(qtbot, window: MainWindow) -> 
     finally:
         page.set_idle_unload(0)
     assert generation.idle_unload_minutes() == 0 and not page.idle.timer.isActive()
+
+
+def test_a_model_serving_the_api_is_not_idle(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+    """An API request uses the model without the chat page knowing: the idle countdown asks the
+    engine before it unloads, and waits out the rest while the model serves the API."""
+    page = window.chat_page
+    page.sampling = Sampling(temperature=0.0, max_tokens=8)
+    _send(qtbot, page, "Hello!")  # loads the model
+    sent = _record(window)
+    finished: list[dict[str, Any]] = []
+    try:
+        page.set_idle_unload(5)
+        page.idle.interval_ms = 300
+        api = window._bridge.run(Method.SERVER_GENERATE, {  # what one API request becomes in the worker
+            "kind": "chat", "messages": [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}],
+            "sampling": {"temperature": 0.0, "max_tokens": 200, "repeat_penalty": 1.1}})
+        api.on_success(lambda result: finished.append({"unloads_before": sum(m == Method.ENGINE_UNLOAD.value for m, _ in sent), **result}))
+        page.idle.touch()
+        qtbot.waitUntil(lambda: bool(finished), timeout=120_000)
+        assert finished[0]["usage"]["completion_tokens"] > 20  # long enough for several countdowns
+        assert finished[0]["unloads_before"] == 0 and [m for m, _ in sent].count(Method.ENGINE_STATUS.value) >= 1
+        qtbot.waitUntil(lambda: Method.ENGINE_UNLOAD.value in [m for m, _ in sent], timeout=30_000)  # idle after it
+    finally:
+        page.set_idle_unload(0)

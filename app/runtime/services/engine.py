@@ -10,10 +10,12 @@ A cancelled chat ends as a result with ``status: "cancelled"`` and the partial r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +78,7 @@ class EngineStatus:
     chat_template: str | None = omitted_when_none()  # the model's own, for viewing
     template_source: str | None = omitted_when_none()
     measured: dict[str, Any] | None = omitted_when_none()
+    idle_s: float | None = omitted_when_none()  # since a chat or an API request last used the model (0 while one does)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,19 @@ class EngineService:
         self._model: ModelInfo | None = None
         self._plan: Plan | None = None
         self._measured: dict[str, Any] = {}
+        self._in_use = 0
+        self._last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Mark the model as used for the duration (a chat, an API request): the studio's idle
+        unload asks `status().idle_s` before it frees a model someone else is using."""
+        self._in_use += 1
+        try:
+            yield
+        finally:
+            self._in_use -= 1
+            self._last_used = time.monotonic()
 
     # ---- requests ---------------------------------------------------------------------------------
 
@@ -156,9 +172,14 @@ class EngineService:
             chat_template=getattr(backend, "chat_template", None),
             template_source=getattr(backend, "template_source", None),
             measured=dict(self._measured),
+            idle_s=0.0 if self._in_use else round(time.monotonic() - self._last_used, 1),
         )
 
     def chat(self, request: ChatParams, ctx: JobContext) -> ChatResult:
+        with self.in_use():
+            return self._chat(request, ctx)
+
+    def _chat(self, request: ChatParams, ctx: JobContext) -> ChatResult:
         if request.model is not None and request.model.startswith("remote:"):
             from app.runtime.backends import remote  # streams from an endpoint; the local model stays loaded
 

@@ -150,6 +150,10 @@ class ServerService:
     # ---- the generation job (ENGINE) --------------------------------------------------------------
 
     def generate(self, params: ServerGenerateParams, state: JobContext) -> ChatResult:
+        with self._engine.in_use():  # a model serving the API is not idle
+            return self._generate(params, state)
+
+    def _generate(self, params: ServerGenerateParams, state: JobContext) -> ChatResult:
         state.progress("started")  # the server's queue-wait timing and first-in-first-out order
         kind, sampling, model_ref = params.kind, params.sampling, params.model
         messages, prompt = params.messages, params.prompt

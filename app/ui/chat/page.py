@@ -6,6 +6,7 @@ the store as it happens; `ReplyRunner` streams the reply into one transcript row
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
@@ -46,7 +47,7 @@ class ChatPage(QWidget):
 
         self.transcript = TranscriptModel(self)
         self.replies = ReplyRunner(bridge, self.transcript, self)
-        self.idle = IdleUnloader(generation.idle_unload_minutes(), self, busy=lambda: self.busy)
+        self.idle = IdleUnloader(generation.idle_unload_minutes(), self, busy=lambda: self.busy, ask_engine=self._engine_idle)
         self.templates = TemplateEditor(bridge, self)
         self.view = QListView(self)
         self.view.setModel(self.transcript)
@@ -333,6 +334,11 @@ class ChatPage(QWidget):
     def set_chat_template(self, template: str) -> None:
         assert self.conversation is not None
         self.apply_settings(settings=dict(self.conversation.settings, **{generation.TEMPLATE_KEY: template.strip()}))
+
+    def _engine_idle(self, answer: Callable[[float | None], None]) -> None:
+        """How long the loaded model has been idle, by the engine's count (API requests included)."""
+        self._bridge.run(Method.ENGINE_STATUS, owner=self).on_success(
+            lambda status: answer(status.get("idle_s"))).on_failure(lambda failure: answer(None))
 
     def set_idle_unload(self, minutes: int) -> None:
         """Unload the model after `minutes` without a request (0 = never); kept for every chat."""
