@@ -54,6 +54,7 @@ class Method(str, Enum):
     HUB_FILES = "hub.files"
     HUB_DOWNLOAD = "hub.download"
     HUB_DISCARD = "hub.discard"
+    HUB_PARTIALS = "hub.partials"  # paused downloads left on disk (listed again after a restart)
     ENGINE_PLAN = "engine.plan"
     ENGINE_LOAD = "engine.load"
     ENGINE_UNLOAD = "engine.unload"

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from app.ui.bridge import RuntimeBridge
 from app.ui.main_window import MainWindow
+from app.ui.models.hub_panel import HubPanel
 
 _spec = importlib.util.spec_from_file_location("hub_fixture", Path(__file__).parents[1] / "runtime" / "hub_fixture.py")
 assert _spec is not None and _spec.loader is not None
@@ -92,6 +93,19 @@ def test_search_download_pause_resume_then_chat_and_delete(qtbot, window: MainWi
     assert panel.pause_button.text() == "Resume" and "paused at" in downloads.row(0)["message"]
     kept = sum(p.stat().st_size for p in partials.glob("*.incomplete"))
     assert kept >= 10 * MIB  # a pause keeps the partial file
+
+    # A restarted studio lists the paused download again, from the partial file on disk
+    restarted = HubPanel(window._bridge)
+    qtbot.addWidget(restarted)
+    restarted.list_paused()  # what the panel does when the worker says hello
+    qtbot.waitUntil(lambda: restarted.downloads_model.rowCount() == 1, timeout=30_000)
+    listed = restarted.downloads_model.row(0)
+    assert (listed["repo_id"], listed["filename"], listed["state"], listed["downloaded"]) == (REPO, GGUF_NAME, "paused", kept)
+    restarted.downloads.selectRow(0)
+    assert restarted.pause_button.text() == "Resume" and restarted.pause_button.isEnabled()
+    again = panel.list_paused()  # the running panel already shows it: no second row
+    qtbot.waitUntil(lambda: not again.running, timeout=30_000)
+    assert downloads.rowCount() == 1
 
     with qtbot.waitSignal(page.sig_models_changed, timeout=60_000):
         qtbot.mouseClick(panel.pause_button, Qt.MouseButton.LeftButton)

@@ -29,11 +29,12 @@ from app.runtime.planner import quant
 from app.runtime.planner.layout import Budgets
 from app.runtime.planner.memory import fmt_bytes
 from app.runtime.planner.schema import UserPrefs
-from app.runtime.protocol import ErrorKind, JobStatus, Method, RuntimeFailure
+from app.runtime.protocol import ErrorKind, JobStatus, Method, NoParams, RuntimeFailure
 from app.runtime.services.hub_types import (
     AddFolderResult,
     HubDiscardParams,
     HubDiscardResult,
+    HubPartialsResult,
     HubDownloadParams,
     HubDownloadResult,
     HubFilesParams,
@@ -96,6 +97,8 @@ class HubService:
             MethodSpec(Method.HUB_DOWNLOAD.value, HubDownloadParams, HubDownloadResult, Mode.BACKGROUND, self.download, pausable=True,
                        doc="pause keeps the partial file (the same request resumes it); cancel removes it"),
             MethodSpec(Method.HUB_DISCARD.value, HubDiscardParams, HubDiscardResult, Mode.QUICK, self.discard),
+            MethodSpec(Method.HUB_PARTIALS.value, NoParams, HubPartialsResult, Mode.QUICK, self.partials,
+                       doc="paused downloads on disk, so that a restarted studio lists them, resumable"),
             MethodSpec(Method.MODELS_DELETE.value, ModelRefParams, ModelDeleteResult, Mode.ENGINE, self.delete),
             MethodSpec(Method.MODELS_ADD_FOLDER.value, PathParams, AddFolderResult, Mode.QUICK, self.add_folder),
             MethodSpec(Method.MODELS_DETAILS.value, ModelRefParams, ModelDetailsResult, Mode.BACKGROUND, self.details),
@@ -171,6 +174,18 @@ class HubService:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "hub.discard needs 'filename' or 'files'")
         freed = sum(hub.discard_partial(n, dest_dir=repo_folder(repo_id)) for n in names)
         return HubDiscardResult(repo_id, names, freed)
+
+    def partials(self, params: NoParams, ctx: JobContext) -> HubPartialsResult:
+        """The paused downloads in Hearth's models folder (``<owner>--<repo>/.partial/``): a download
+        list is not kept across restarts, the partial files are, and each resumes by its file name."""
+        from app.paths import paths
+
+        found = []
+        for part in sorted(paths().models.glob(f"*/{PARTIAL_DIR}/*.incomplete")):
+            stem = part.name.removesuffix(".incomplete").rsplit(".", 1)[0]  # <file, '/' as '--'>.<etag>
+            repo_id = part.parent.parent.name.replace("--", "/", 1)
+            found.append({"repo_id": repo_id, "filename": stem.replace("--", "/"), "partial_bytes": part.stat().st_size})
+        return HubPartialsResult(found)
 
     # ---- the local library --------------------------------------------------------------------
 

@@ -78,6 +78,13 @@ class HubDiscardResult:
 
 
 @dataclass(frozen=True)
+class HubPartialsResult:
+    """Paused downloads on disk: ``{"repo_id", "filename", "partial_bytes"}`` each."""
+
+    partials: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class ModelRefParams:
     """models.delete and models.details: a library id, name or file path."""
 

@@ -85,6 +85,7 @@ class HubPanel(QWidget):
         self.downloads.selectionModel().currentRowChanged.connect(lambda *_: self._sync_buttons())
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
+        bridge.sig_ready.connect(lambda info: self.list_paused())  # at start, and after a worker restart
 
         split = QSplitter(Qt.Orientation.Horizontal, self)
         split.addWidget(self.results)
@@ -136,6 +137,22 @@ class HubPanel(QWidget):
             i = self.downloads_model.add(row)
         self._start(i)
 
+    def list_paused(self) -> Request:
+        """Show the paused downloads left on disk (a restart forgets the list, not the files)."""
+        return self._bridge.run(Method.HUB_PARTIALS, owner=self).on_success(self._on_partials)
+
+    def _on_partials(self, result: dict[str, Any]) -> None:
+        for part in result.get("partials", []):
+            repo_id, filename = str(part["repo_id"]), str(part["filename"])
+            if self.downloads_model.find("key", f"{repo_id}:{filename}") >= 0 or any(
+                    r["repo_id"] == repo_id and filename in r["files"] for r in self.downloads_model.rows()):
+                continue
+            self.downloads_model.add({"key": f"{repo_id}:{filename}", "repo_id": repo_id, "name": filename, "files": [filename],
+                                      "filename": filename, "total": 0, "downloaded": int(part.get("partial_bytes", 0)),
+                                      "done_bytes": 0, "speed": None, "eta": None, "state": "paused",
+                                      "message": "Paused before Hearth last closed; Resume continues it.", "request": None, "discard": False})
+        self._sync_buttons()
+
     def pause_or_resume(self, i: int) -> None:
         if not 0 <= i < self.downloads_model.rowCount():
             return
@@ -163,7 +180,9 @@ class HubPanel(QWidget):
 
     def _start(self, i: int) -> None:
         row = self.downloads_model.row(i)
-        request = self._bridge.run(Method.HUB_DOWNLOAD, {"repo_id": row["repo_id"], "variant": row["name"]}, owner=self)
+        # A row listed from disk after a restart knows its file, not its variant.
+        which = {"filename": row["filename"]} if row.get("filename") else {"variant": row["name"]}
+        request = self._bridge.run(Method.HUB_DOWNLOAD, {"repo_id": row["repo_id"], **which}, owner=self)
         # The row is found again by its request: rows come and go while a download runs.
         (request.on_progress(lambda data: self._on_progress(request, data))
          .on_success(lambda result: self._on_download_ended(request, result))
