@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == [WORKER_FLAG]:
         from app.runtime.worker import main as worker_main
 
+        install_http_front()  # the worker serves the API for the studio
         return worker_main()
     if args[:1] == [CHILD_FLAG] and len(args) == 2:
         return _child(args[1])
@@ -28,7 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         return gui_main(args)
     from app.cli import main as cli_main
 
+    install_http_front()  # `hearth serve` runs the server in the CLI's own runtime
     return cli_main(args)
+
+
+def install_http_front() -> None:
+    """Hand the HTTP server (app.server, a client of the runtime) to this process's runtime, which
+    starts it on `server.start` without importing it: this is the one place that knows both."""
+    from app.runtime.services.server import use_front
+    from app.server.front import HttpFront
+
+    use_front(HttpFront)
 
 
 def _child(role: str) -> int:

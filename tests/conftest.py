@@ -20,6 +20,9 @@ import pytest  # noqa: E402
 
 from app.runtime.launcher import CHILD_FLAG, WORKER_FLAG  # noqa: E402
 from app.runtime.library import embedded_model_path  # noqa: E402
+from app.__main__ import install_http_front  # noqa: E402
+
+install_http_front()  # as app/__main__.py does: `server.start` in an in-process runtime serves HTTP
 
 if TYPE_CHECKING:
     from app.runtime.hardware import Hardware

@@ -1,4 +1,7 @@
-"""Import rules as a test: the planner stays pure, and no module of app/ is in an import cycle.
+"""Import rules as a test: the layers, the planner stays pure, and no module of app/ is in an import cycle.
+
+The studio (app.ui) and the HTTP server (app.server) are clients of the runtime: they import only
+its protocol and client side; the runtime and the kernels import neither them nor the CLI.
 
 Imports inside functions count (a lazy import still ties two modules together); imports under
 ``if TYPE_CHECKING:`` do not. A literal ``importlib.import_module("app...")`` would dodge the rule,
@@ -12,10 +15,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
-# The HTTP server still runs inside the runtime (client -> dispatcher -> services.server -> server
-# -> client); moving it to app/server as a client is the rest of issue 16. No other cycle may appear.
-KNOWN_CYCLES = [{"app.runtime.client", "app.runtime.dispatcher", "app.runtime.server.app", "app.runtime.server.jobs",
-                 "app.runtime.server.local", "app.runtime.server.runner", "app.runtime.services", "app.runtime.services.server"}]
+# What a client of the runtime may import from it: the protocol, the client, and (for the studio,
+# which starts the worker) the process client and the launcher's command line.
+CLIENT_SIDE = {
+    "app.ui": {"app.runtime.protocol", "app.runtime.client", "app.runtime.process_client", "app.runtime.launcher"},
+    "app.server": {"app.runtime.protocol", "app.runtime.client"},
+}
 PLANNER_MUST_NOT_IMPORT = ("app.runtime.backends", "app.runtime.kv", "app.runtime.quantize", "app.runtime.bench",
                            "app.runtime.bench_suites", "app.runtime.calibrate", "app.runtime.services")
 
@@ -125,9 +130,25 @@ def _package_face(group: set[str]) -> bool:
     return all(m == top or m.startswith(top + ".") for m in group)
 
 
-def test_no_import_cycle_in_app_but_the_known_one() -> None:
-    unknown = [sorted(group) for group in _cycles(_graph()) if group not in KNOWN_CYCLES and not _package_face(group)]
-    assert unknown == []
+def test_no_import_cycle_in_app() -> None:
+    tangles = [sorted(group) for group in _cycles(_graph()) if not _package_face(group)]
+    assert tangles == []
+
+
+def test_the_studio_and_the_server_import_only_the_client_side_of_the_runtime() -> None:
+    graph = _graph()
+    bad = sorted((m, t) for layer, allowed in CLIENT_SIDE.items() for m, targets in graph.items()
+                 if m == layer or m.startswith(layer + ".") for t in targets
+                 if t.startswith(("app.runtime", "app.kernels")) and t not in allowed)
+    assert bad == []
+    assert any(m.startswith("app.server.") for m in graph), "app/server moved? update CLIENT_SIDE"
+
+
+def test_the_runtime_imports_no_client_of_it() -> None:
+    graph = _graph()
+    bad = sorted((m, t) for m, targets in graph.items() if m.startswith(("app.runtime", "app.kernels"))
+                 for t in targets if t.startswith(("app.ui", "app.server", "app.cli")) or t == "app.__main__")
+    assert bad == []
 
 
 def test_the_planner_imports_no_backend_kv_policy_quantizer_or_bench() -> None:

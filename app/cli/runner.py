@@ -68,9 +68,9 @@ class Session:
 
     @property
     def client(self) -> Any:
-        """The `app.runtime.client.InProcessClient` (made when the first request needs it)."""
+        """The `app.runtime.inprocess.InProcessClient` (made when the first request needs it)."""
         if self._client is None:
-            from app.runtime.client import InProcessClient
+            from app.runtime.inprocess import InProcessClient
 
             self._client = InProcessClient()
         return self._client

@@ -2,7 +2,7 @@
 measured into the measurement store.
 
 * ``runtime``: the chat engine through the worker and directly (`app.runtime.bench`), the API
-  server's stream (`app.runtime.server.bench`), and the planner's speed calibration;
+  server's stream (`app.runtime.bench_server`), and the planner's speed calibration;
 * ``kv``: the KV-cache policies and torch decode (`app.runtime.kv.bench`), whose ranking becomes
   the torch plan's default eviction policy;
 * ``kernels``: the bundled int8/int4 kernels and SmolLM2's decode with each
@@ -11,7 +11,7 @@ measured into the measurement store.
   shipped questions, indexing MB/s and query time (nothing stored: no plan reads them).
 
 This module only composes: the modules it calls import nothing from it, so no bench sits in an
-import cycle (``app.runtime.server.bench`` borrows ``app.runtime.bench``'s helpers, which is why
+import cycle (``app.runtime.bench_server`` borrows ``app.runtime.bench``'s helpers, which is why
 the runtime suite that calls both lives here rather than in ``app.runtime.bench``).
 """
 
@@ -26,7 +26,7 @@ from app.runtime.measurements import KERNEL_SPEEDUP, MeasurementStore
 def run_bench(measurements: MeasurementStore, *, runs: int = 5, n_tokens: int = 128) -> dict[str, Any]:
     """All runtime figures as a JSON-serializable dict; see `bench.verdict` for what pass/fail/inconclusive mean."""
     from app.runtime import bench
-    from app.runtime.server.bench import measure_server_stream  # the OpenAI-compatible server (target >= 0.9)
+    from app.runtime.bench_server import measure_server_stream  # the OpenAI-compatible server (target >= 0.9)
 
     if runs < 1 or n_tokens < 2:
         raise ValueError("the bench needs at least 1 run and 2 tokens per run")

@@ -1,6 +1,6 @@
 """RuntimeClient: one interface, two implementations.
 
-- `InProcessClient` runs the dispatcher in this process (CLI, tests, the API server).
+- `app.runtime.inprocess.InProcessClient` runs the dispatcher in this process (CLI, tests, benches).
 - `ProcessClient` runs it in a worker process and speaks the protocol over its stdin/stdout (GUI).
 
 Both deliver events to a per-request callback on a background thread; `call` and `stream` are
@@ -122,22 +122,3 @@ def failure_from_event(event: Event) -> RuntimeFailure:
     except ValueError:
         kind = ErrorKind.INTERNAL
     return RuntimeFailure(kind, str(data.get("message", "unknown error")), detail=str(data.get("detail", "")))
-
-
-class InProcessClient(RuntimeClient):
-    """The runtime in this process: same dispatcher, same events, no pipe."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from app.runtime.dispatcher import Dispatcher
-
-        self._dispatcher = Dispatcher(self._route)
-
-    def _send(self, request_id: str, method: str, params: dict[str, Any]) -> None:
-        from app.runtime.protocol import Request
-
-        self._dispatcher.submit(Request(request_id, method, params))
-
-    def close(self) -> None:
-        self._dispatcher.close()
-        self._fail_all_pending(ErrorKind.CANCELLED, "The runtime was closed.")

@@ -13,7 +13,7 @@ import pytest
 
 from app import settings
 from app.paths import paths
-from app.runtime.client import InProcessClient
+from app.runtime.inprocess import InProcessClient
 from app.runtime.hub import transfer
 from app.runtime.protocol import ErrorKind, EventKind, Method, RuntimeFailure
 

@@ -156,7 +156,7 @@ def test_a_logits_mask_decides_what_may_come_next(backend: LlamaCppBackend) -> N
 
 
 def test_an_api_request_keeps_the_conversation_and_refuses_drafts_under_a_grammar(backend: LlamaCppBackend) -> None:
-    from app.runtime.server.generate import grammar_for
+    from app.runtime.services.api_generate import grammar_for
 
     conversation, _, held = _run(backend, HELLO, GREEDY)
     tokens = backend.tokenize("The capital of France is")

@@ -14,7 +14,7 @@ context nor a second sequence, but **save and restore of sequence 0's KV around 
   API request is one copy back. Measured on SmolLM2 Q4_1 (f16 KV, 22.5 KiB per token) with a
   997-token conversation on the 2-core build machine (heavily loaded at the time): save 17-46 ms,
   restore 13-38 ms (median 17 ms), against seconds to re-evaluate the conversation on a CPU.
-  `python -m app.runtime.server.bench` prints the figures for this machine.
+  `hearth bench` prints the figures for this machine (`server_stream`).
 
 The backend owns one `ConversationKeeper`; `LlamaCppBackend.complete` runs every API request
 inside `kept()`. Engine thread only.

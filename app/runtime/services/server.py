@@ -1,8 +1,12 @@
 """The API server as a runtime service: start, stop, status, the request log, and its generation job.
 
-The server lives in the process that owns the engine (the worker for the GUI, the CLI process
-for `hearth serve`). Its HTTP handlers submit `server.generate` jobs to this process's dispatcher
-(see `attach`), so they queue first in, first out with the GUI's chats on the one engine thread.
+The HTTP server itself is `app.server`, a client of the runtime like the studio and the CLI: it
+turns each API request into a `server.generate` job and knows nothing else of the runtime. It
+runs in the process that owns the engine (the worker for the GUI, the CLI process for `hearth
+serve`), as this process's *front*: the process's entry point hands one over with `use_front`
+(`app.server.front.HttpFront`), so the runtime never imports the server. Its requests reach this
+process's dispatcher through a `LocalClient` (see `attach`), so they queue first in, first out
+with the GUI's chats on the one engine thread.
 
 `generate` is the ENGINE-mode job: it loads the named model on demand (or uses the loaded one as
 it is), then generates on the llama.cpp context with the GUI conversation's KV saved and restored
@@ -16,13 +20,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from app.runtime import library
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.protocol import ErrorKind, Method, NoParams, RuntimeFailure, Sampling, omitted_when_none
-from app.runtime.server.local import LocalClient, Submit
-from app.runtime.server.queue import RequestLog
+from app.runtime.client import RuntimeClient
+from app.runtime.local_client import LocalClient, Submit
 from app.runtime.services.engine import ChatResult, EngineLoadParams, EngineService
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ class ServerLogResult(ServerStatus):
 
 @dataclass(frozen=True)
 class ServerGenerateParams:
-    """One API request's generation (built by app.runtime.server.params)."""
+    """One API request's generation (built by app.server.params)."""
 
     kind: Literal["chat", "completion"]
     model: str | None = None
@@ -78,15 +82,59 @@ class ServerGenerateParams:
     response_format: dict[str, Any] | None = None
 
 
+class RunningFront(Protocol):
+    """A started HTTP front: where it listens, how full its queue is, and how to stop it."""
+
+    url: str
+
+    def status(self) -> dict[str, Any]: ...  # {"running", "url", "port", "queue": {"used", "limit"}}
+
+    def public_config(self) -> dict[str, Any]: ...  # the settings it runs with, without the key
+
+    def stop(self) -> None: ...
+
+
+class Front(Protocol):
+    """What serves HTTP for this process (`app.server.front.HttpFront`); it keeps its request log
+    across restarts."""
+
+    def check(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The saved settings with ``options`` over them, refused in words when unsafe (a
+        non-loopback address without a key...) before anything is loaded."""
+        ...
+
+    def start(self, client: RuntimeClient, settings: dict[str, Any]) -> RunningFront: ...
+
+    def log_since(self, seq: int) -> list[dict[str, Any]]: ...
+
+
+_front_factory: Callable[[], Front] | None = None
+
+
+def use_front(factory: Callable[[], Front]) -> None:
+    """Called once by the process's entry point (app/__main__.py; the tests' conftest) with the
+    HTTP server's front, so that `server.start` can start it without the runtime importing it."""
+    global _front_factory
+    _front_factory = factory
+
+
 class ServerService:
     def __init__(self, *, engine: EngineService, models: Callable[[], list[library.ModelInfo]]) -> None:
         self._engine = engine
         self._models = models
         self._submit: Submit | None = None
         self._client: LocalClient | None = None
-        self._running: Any = None  # app.runtime.server.runner.RunningServer
+        self._running: RunningFront | None = None
         self._lock = threading.Lock()
-        self.log = RequestLog()
+        self._front: Front | None = None
+
+    @property
+    def front(self) -> Front:
+        if self._front is None:
+            if _front_factory is None:
+                raise RuntimeFailure(ErrorKind.INTERNAL, "This process has no HTTP server (app.server was not handed to the runtime).")
+            self._front = _front_factory()
+        return self._front
 
     def attach(self, submit: Submit) -> None:
         """The dispatcher's submit, given by the dispatcher itself when it starts."""
@@ -105,21 +153,19 @@ class ServerService:
     # ---- control (start/stop: BACKGROUND; status/log: QUICK) ----------------------------------------
 
     def start(self, params: ServerStartParams, state: JobContext) -> ServerStatus:
-        from app.runtime.server.config import ServerConfig
-        from app.runtime.server.runner import RunningServer
-
         if self._submit is None:
             raise RuntimeFailure(ErrorKind.INTERNAL, "The server service is not attached to a dispatcher.")
-        config = ServerConfig.from_settings(dataclasses.asdict(params))  # refuses a non-loopback address without a key
+        front = self.front
+        config = front.check(dataclasses.asdict(params))  # refuses a non-loopback address without a key
         with self._lock:
             if self._running is not None:
                 raise RuntimeFailure(ErrorKind.BUSY, f"The server is already running at {self._running.url}. Stop it first.")
             self._client = LocalClient(self._submit)
-            if config.model is not None:
-                state.progress("loading", message=f"Loading {config.model}")
-                self._client.call("engine.load", {"model": config.model})
+            if config.get("model") is not None:
+                state.progress("loading", message=f"Loading {config['model']}")
+                self._client.call("engine.load", {"model": config["model"]})
             try:
-                self._running = RunningServer(self._client, config, self.log)
+                self._running = front.start(self._client, config)
             except RuntimeFailure:
                 self._client.close()
                 self._client = None
@@ -139,10 +185,11 @@ class ServerService:
         running = self._running
         if running is None:
             return ServerStatus(running=False)
-        return ServerStatus(**running.status(), config=running.config.public())
+        return ServerStatus(**running.status(), config=running.public_config())
 
     def requests(self, params: ServerLogParams, state: JobContext) -> ServerLogResult:
-        return ServerLogResult(**dataclasses.asdict(self.status(NoParams(), state)), entries=self.log.since(params.since))
+        entries = self._front.log_since(params.since) if self._front is not None else []
+        return ServerLogResult(**dataclasses.asdict(self.status(NoParams(), state)), entries=entries)
 
     def close(self) -> None:
         self.stop(NoParams(), JobContext.detached("close"))
@@ -172,11 +219,12 @@ class ServerService:
                 raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"The {backend.name} backend serves chat completions without response_format; load a GGUF model for the rest.")
             completion = backend.chat(messages, sampling, on_token=state.token, is_cancelled=lambda: state.cancelled)  # type: ignore[arg-type]
             return ChatResult.of(completion, model_id)
-        from app.runtime.server.generate import generate
+        from app.runtime.services.api_generate import generate
 
         completion = generate(  # the backend keeps the GUI conversation's KV around it; the result says what that cost
             backend, messages=messages if kind == "chat" else None, prompt=prompt, sampling=sampling,
             response_format=response_format, on_token=state.token, is_cancelled=lambda: state.cancelled,
+            drafter=self._engine.drafter(None, backend).get("drafter"),  # the saved speculation setting (app.runtime.spec)
         )
         return ChatResult.of(completion, model_id)
 

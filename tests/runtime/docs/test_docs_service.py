@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.runtime.client import InProcessClient
+from app.runtime.inprocess import InProcessClient
 from app.runtime.protocol import EventKind, Method, RuntimeFailure
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -4,14 +4,14 @@ llama-cpp-python called directly, and what keeping the studio's conversation cac
 Same GGUF, same load settings (the direct side copies what the engine reports), same sampling
 (greedy, fixed seed), alternating runs (direct, server, direct, server, ...) so that both sides of
 a pair see the same machine load. The server side is timed where a client sees it: the arrival of
-each SSE chunk over a real 127.0.0.1 connection. Run it alone: `python -m app.runtime.server.bench`.
+each SSE chunk over a real 127.0.0.1 connection. `hearth bench` runs it (its
+process hands the HTTP server to the runtime).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -52,7 +52,7 @@ def server_run(http: httpx.Client, url: str, model: str, messages: list[dict[str
 def measure_server_stream(*, runs: int = 5, n_tokens: int = 128, keep_tokens: int = 1000) -> dict[str, Any]:
     """Server streaming vs direct llama-cpp-python, alternating; plus the keep cost for a
     ``keep_tokens``-long studio conversation. Returns settings, both sides, figures."""
-    from app.runtime.client import InProcessClient
+    from app.runtime.inprocess import InProcessClient
     from app.runtime.library import EMBEDDED_ID, embedded_model_path
 
     model_path = str(embedded_model_path())
@@ -112,7 +112,3 @@ def _keep_cost(client: Any, http: httpx.Client, url: str, keep_tokens: int, runs
         "restore_ms_per_1k_tokens": round(statistics.median(c["restore_seconds"] for c in costs) * 1000 / held["usage"]["prompt_tokens"], 2),
     }
 
-
-if __name__ == "__main__":
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    print(json.dumps(measure_server_stream(runs=runs), indent=2))

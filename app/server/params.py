@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.runtime.server import schemas
-from app.runtime.server.config import ServerConfig
-from app.runtime.server.errors import ApiError
+from app.server import schemas
+from app.server.config import ServerConfig
+from app.server.errors import ApiError
 
 MAX_STOP = 4
 

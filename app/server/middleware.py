@@ -14,8 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.runtime.server.errors import error_body
-from app.runtime.server.queue import RequestLog
+from app.server.errors import error_body
+from app.server.queue import RequestLog
 
 QUIET_PATHS = ("/health",)  # polled by monitors; not worth a line in the person's log
 

@@ -11,7 +11,7 @@ import pytest
 
 from app import settings as settings_module
 from app.runtime.backends import remote
-from app.runtime.client import InProcessClient
+from app.runtime.inprocess import InProcessClient
 from app.runtime.protocol import ErrorKind, EventKind, RuntimeFailure, Sampling
 
 from .conftest import Served

@@ -23,13 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.runtime.client import RuntimeClient, failure_from_event
 from app.runtime.protocol import Event, EventKind, Method
-from app.runtime.server import errors, schemas
-from app.runtime.server.config import ServerConfig
-from app.runtime.server.errors import ApiError
-from app.runtime.server.jobs import Job, wait_disconnect
-from app.runtime.server.middleware import AccessMiddleware
-from app.runtime.server.params import chat_params, completion_params
-from app.runtime.server.queue import RequestLog, Slots
+from app.server import errors, schemas
+from app.server.config import ServerConfig
+from app.server.errors import ApiError
+from app.server.jobs import Job, wait_disconnect
+from app.server.middleware import AccessMiddleware
+from app.server.params import chat_params, completion_params
+from app.server.queue import RequestLog, Slots
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": text}

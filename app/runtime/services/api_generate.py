@@ -64,8 +64,11 @@ def generate(
     response_format: dict[str, Any] | None,
     on_token: TokenSink,
     is_cancelled: IsCancelled,
+    drafter: Any = None,
 ) -> Completion:
     """One API request (a chat when ``messages`` is given, else a raw completion) on a `LlamaCppBackend`."""
     grammar = grammar_for(response_format)
     tokens = prompt_tokens(backend, messages=messages, prompt=prompt)
-    return backend.complete(tokens, sampling, grammar=grammar, on_token=on_token, is_cancelled=is_cancelled)  # type: ignore[no-any-return]
+    # ``drafter``: speculative decoding (app.runtime.spec), off by itself under a grammar
+    return backend.complete(tokens, sampling, grammar=grammar, on_token=on_token, is_cancelled=is_cancelled,  # type: ignore[no-any-return]
+                            drafter=drafter)

@@ -1,5 +1,7 @@
 """Runs the API on uvicorn in a thread of the process that owns the engine; start and stop on demand.
 
+(`app.server.front` is what the runtime's `server.start` calls to get here.)
+
 The socket is bound here, before uvicorn starts, so that "address already in use" or "cannot
 assign that address" comes back to the caller as a RuntimeFailure in words, not as a log line in
 a thread (uvicorn exits the process on a bind error).
@@ -15,8 +17,8 @@ from typing import Any
 
 from app.runtime.client import RuntimeClient
 from app.runtime.protocol import ErrorKind, RuntimeFailure
-from app.runtime.server.config import ServerConfig
-from app.runtime.server.queue import RequestLog, Slots
+from app.server.config import ServerConfig
+from app.server.queue import RequestLog, Slots
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class RunningServer:
     def __init__(self, client: RuntimeClient, config: ServerConfig, request_log: RequestLog) -> None:
         import uvicorn
 
-        from app.runtime.server.app import create_app
+        from app.server.app import create_app
 
         config.validate()
         self.config = config
@@ -74,6 +76,9 @@ class RunningServer:
             self._sock.close()
         except OSError:
             log.exception("closing the API server's socket")
+
+    def public_config(self) -> dict[str, Any]:
+        return self.config.public()
 
     def status(self) -> dict[str, Any]:
         return {"running": self._thread.is_alive(), "url": self.url, "port": self.port, "queue": {"used": self.slots.used, "limit": self.slots.limit}}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.runtime.client import InProcessClient
+from app.runtime.inprocess import InProcessClient
 
 SMALL = {"max_tokens": 48, "queue_limit": 32}
 
