@@ -22,7 +22,7 @@ run: install
 	@$(VENV)/bin/hearth; rc=$$?; if [ $$rc -eq 2 ]; then exit 0; else exit $$rc; fi
 
 test: install
-	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -m "not dist and not quality"
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -m "not dist and not quality" --durations=40
 
 # Quality measurements that take minutes of CPU each (GPTQ against round-to-nearest on SmolLM2).
 test-quality: install
