@@ -26,6 +26,25 @@ class MessageState(str, Enum):
     INTERRUPTED = "interrupted"  # stopped early (cancel, crash, killed app); the text is kept
 
 
+class PartKind(str, Enum):
+    """What a message part records beside a message's text (schema version 4).
+
+    The data of each kind is a JSON object; the keys below are what Hearth writes and reads,
+    and a part may carry more:
+
+    - SOURCE: a document chunk the model was given for this reply: `n` (the number [n] markers
+      in the reply refer to), `collection`, `file`, `page` and/or `line` (1-based, None when the
+      format has none), `text`, `score`, and `whole` (true when the whole document went in).
+    - TOOL_CALL: a call the model asked for, in the OpenAI shape: `id`, `name`, `arguments`
+      (a JSON string).
+    - TOOL_RESULT: what a tool answered: `tool_call_id`, `name`, `content`, `is_error`.
+    """
+
+    SOURCE = "source"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: int
@@ -54,6 +73,16 @@ class Message:
 
 
 @dataclass(frozen=True)
+class MessagePart:
+    """One part of a message: `seq` orders a message's parts (0-based, in the order added)."""
+
+    message_id: int
+    seq: int
+    kind: PartKind
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ConversationSnapshot:
     """A whole conversation with every version of every message, parents before children.
 
@@ -63,6 +92,7 @@ class ConversationSnapshot:
 
     conversation: Conversation
     messages: tuple[Message, ...]
+    parts: tuple[MessagePart, ...] = ()  # of any version, by message id then seq
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,15 @@ from typing import Any
 
 from app.chats import tree
 from app.chats.errors import InvalidOperation, NotFound
-from app.chats.models import Conversation, ConversationSnapshot, Message, MessageState, Role
+from app.chats.models import (
+    Conversation,
+    ConversationSnapshot,
+    Message,
+    MessagePart,
+    MessageState,
+    PartKind,
+    Role,
+)
 
 MESSAGE_COLUMNS = (
     "id, conversation_id, parent_id, position, active, role, content, state, meta, created_at"
@@ -39,6 +47,18 @@ def to_message(row: sqlite3.Row) -> Message:
     return Message(row["id"], row["conversation_id"], row["parent_id"], row["position"],
                    Role(row["role"]), row["content"], MessageState(row["state"]),
                    json.loads(row["meta"]), row["created_at"], bool(row["active"]))
+
+
+def to_part(row: sqlite3.Row) -> MessagePart:
+    return MessagePart(row["message_id"], row["seq"], PartKind(row["kind"]), json.loads(row["data"]))
+
+
+def part_kind(kind: PartKind | str) -> PartKind:
+    try:
+        return PartKind(kind)
+    except ValueError:
+        allowed = ", ".join(k.value for k in PartKind)
+        raise InvalidOperation(f"A message part's kind is one of {allowed}, not {kind!r}.") from None
 
 
 def get_conversation(db: sqlite3.Connection, conversation_id: int) -> Conversation:
@@ -78,8 +98,32 @@ def load_snapshot(db: sqlite3.Connection, conversation_id: int) -> ConversationS
     found = db.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
         " ORDER BY position, id", (conversation_id,))
-    return ConversationSnapshot(
-        conversation, tuple(tree.number_versions(to_message(r) for r in found)))
+    messages = tuple(tree.number_versions(to_message(r) for r in found))
+    return ConversationSnapshot(conversation, messages, tuple(load_parts(db, conversation_id)))
+
+
+def load_parts(
+    db: sqlite3.Connection, conversation_id: int, *, message_id: int | None = None
+) -> list[MessagePart]:
+    """The parts of one conversation's messages (or of one message), by message id then seq."""
+    found = db.execute(
+        "SELECT p.message_id, p.seq, p.kind, p.data FROM message_parts p"
+        " JOIN messages m ON m.id = p.message_id WHERE m.conversation_id = ?"
+        " AND (? IS NULL OR p.message_id = ?) ORDER BY p.message_id, p.seq",
+        (conversation_id, message_id, message_id))
+    return [to_part(row) for row in found]
+
+
+def insert_part(db: sqlite3.Connection, message_id: int, kind: PartKind | str,
+                data: dict[str, Any], *, seq: int | None = None) -> MessagePart:
+    """Add a part after the message's last one (or at `seq`, when copying a snapshot)."""
+    kind = part_kind(kind)
+    if seq is None:
+        seq = db.execute("SELECT coalesce(max(seq) + 1, 0) FROM message_parts"
+                         " WHERE message_id = ?", (message_id,)).fetchone()[0]
+    db.execute("INSERT INTO message_parts (message_id, seq, kind, data) VALUES (?, ?, ?, ?)",
+               (message_id, seq, kind.value, dumps(data, "A message part's data")))
+    return MessagePart(message_id, int(seq), kind, dict(data))
 
 
 def deactivate_siblings(db: sqlite3.Connection, row: sqlite3.Row) -> None:
@@ -118,4 +162,7 @@ def insert_snapshot(
         stored = dataclasses.replace(m, conversation_id=cid, position=position,
                                      parent_id=None if parent is None else parent[0])
         new_ids[m.id] = (insert_message(db, stored, keep_id=keep_ids), position)
+    for part in snapshot.parts:
+        if part.message_id in new_ids:  # a branch copies one path: the parts of the rest stay
+            insert_part(db, new_ids[part.message_id][0], part.kind, part.data, seq=part.seq)
     return cid

@@ -162,8 +162,29 @@ def _v3_search(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
 
 
+def _v4_parts(db: sqlite3.Connection) -> None:
+    """Version 4: parts of a message beside its text (document sources, tool calls and results).
+
+    One row per part, ordered by `seq` within its message, its payload a JSON object. The kind
+    is checked in Python (`models.PartKind`), not by a CHECK constraint: SQLite cannot alter a
+    CHECK in place, so a new kind would otherwise cost a table rebuild. Parts go with their
+    message (ON DELETE CASCADE), so deleting a conversation removes them too.
+    """
+    db.execute(
+        """
+        CREATE TABLE message_parts (
+            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (message_id, seq)
+        )"""
+    )
+
+
 # Append only: a released step is never edited, or databases already past it would differ.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_base, _v2_versions, _v3_search]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_base, _v2_versions, _v3_search, _v4_parts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from app.chats.models import (
     Conversation,
     ConversationSnapshot,
     Message,
+    MessagePart,
     MessageState,
+    PartKind,
     Role,
     SearchHit,
 )
@@ -196,7 +198,7 @@ class ChatStore:
             old = source.conversation
             copy = Conversation(0, title or f"{old.title} (branch)", now, now,
                                 old.system_prompt, old.settings, old.model_id)
-            branch = ConversationSnapshot(copy, tuple(chain))
+            branch = ConversationSnapshot(copy, tuple(chain), source.parts)
             cid = records.insert_snapshot(db, branch, keep_ids=False)
             return records.get_conversation(db, cid)
 
@@ -335,6 +337,42 @@ class ChatStore:
                 current = None if parent is None else records.get_message_row(db, parent)
             self._touch(db, row["conversation_id"])
             return tree.active_path(records.load_snapshot(db, row["conversation_id"]).messages)
+
+    # -- message parts --------------------------------------------------------------------------
+
+    def add_parts(
+        self, message_id: int, parts: Iterable[tuple[PartKind | str, dict[str, Any]]]
+    ) -> list[MessagePart]:
+        """Append `(kind, data)` parts to a message, in order, in one transaction.
+
+        Sources given to the model, tool calls it made and their results (`PartKind`); `data` is
+        a JSON object. Raises NotFound for a missing message, InvalidOperation for an unknown kind
+        or data that is not JSON; then nothing is added.
+        """
+        with self._write() as db:
+            records.get_message_row(db, message_id)
+            return [records.insert_part(db, message_id, kind, data) for kind, data in parts]
+
+    def add_part(self, message_id: int, kind: PartKind | str, data: dict[str, Any]) -> MessagePart:
+        """Append one part (see `add_parts`)."""
+        return self.add_parts(message_id, [(kind, data)])[0]
+
+    def parts(self, message_id: int, kind: PartKind | str | None = None) -> list[MessagePart]:
+        """A message's parts in the order they were added, optionally of one kind only."""
+        db = self._conn()
+        row = records.get_message_row(db, message_id)
+        found = records.load_parts(db, row["conversation_id"], message_id=message_id)
+        wanted = None if kind is None else records.part_kind(kind)
+        return [p for p in found if wanted is None or p.kind is wanted]
+
+    def conversation_parts(self, conversation_id: int) -> dict[int, list[MessagePart]]:
+        """Every part of a conversation's messages (all versions), by message id: one query for
+        a whole transcript."""
+        records.get_conversation(self._conn(), conversation_id)
+        grouped: dict[int, list[MessagePart]] = {}
+        for part in records.load_parts(self._conn(), conversation_id):
+            grouped.setdefault(part.message_id, []).append(part)
+        return grouped
 
     # -- search and transfer --------------------------------------------------------------------
 

@@ -4,6 +4,10 @@ The JSON file holds the whole tree (every version), with parents named by their 
 file rather than by database id, so that export -> import -> export gives the same text and a file
 can be imported into any Hearth. A hand-written file may leave out everything but each message's
 `role` and `content`: a message without `parent` follows the one before it.
+
+A message's parts (sources, tool calls and results) travel as its `parts` list, written only when
+it has some, so an export without parts reads exactly as before; a Hearth that predates parts
+imports such a file without them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from app.chats.errors import ChatImportError
-from app.chats.models import Conversation, ConversationSnapshot, Message, MessageState, Role
+from app.chats.models import (
+    Conversation,
+    ConversationSnapshot,
+    Message,
+    MessagePart,
+    MessageState,
+    PartKind,
+    Role,
+)
 from app.chats.tree import active_path, number_versions, parents_first
 
 # Keys never written into an export, at any depth of a conversation's settings or a message's
@@ -37,10 +49,15 @@ def to_markdown(snapshot: ConversationSnapshot) -> str:
     lines += [f"- Started: {started}", ""]
     if conv.system_prompt:
         lines += ["## System prompt", "", conv.system_prompt, ""]
+    parts = _parts_by_message(snapshot)
     for message in active_path(snapshot.messages):
         lines += [f"## {_ROLE_TITLES[message.role]}", "", message.content, ""]
         if message.state is not MessageState.COMPLETE:
             lines += [f"_({message.state.value})_", ""]
+        sources = [p.data for p in parts.get(message.id, []) if p.kind is PartKind.SOURCE]
+        if sources:
+            lines += ["Sources:", ""]
+            lines += [f"{i}. {source_label(s)}" for i, s in enumerate(sources, 1)] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -48,6 +65,7 @@ def to_json(snapshot: ConversationSnapshot) -> str:
     conv = snapshot.conversation
     ordered = parents_first(snapshot.messages)
     index = {m.id: i for i, m in enumerate(ordered)}
+    parts = _parts_by_message(snapshot)
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -66,11 +84,32 @@ def to_json(snapshot: ConversationSnapshot) -> str:
                 "state": m.state.value,
                 "meta": without_secrets(m.meta),
                 "created_at": m.created_at,
+                **({"parts": [{"kind": p.kind.value, "data": without_secrets(p.data)}
+                              for p in parts[m.id]]} if parts.get(m.id) else {}),
             }
             for m in ordered
         ],
     }
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def source_label(data: dict[str, Any]) -> str:
+    """Where a source part's passage is, for people: "notes.md, line 12", "paper.pdf, page 3"."""
+    where = str(data.get("file") or data.get("collection") or "?")
+    if data.get("whole"):
+        return f"{where} (whole document)"
+    if data.get("page"):
+        return f"{where}, page {data['page']}"
+    if data.get("line"):
+        return f"{where}, line {data['line']}"
+    return where
+
+
+def _parts_by_message(snapshot: ConversationSnapshot) -> dict[int, list[MessagePart]]:
+    grouped: dict[int, list[MessagePart]] = {}
+    for part in sorted(snapshot.parts, key=lambda p: (p.message_id, p.seq)):
+        grouped.setdefault(part.message_id, []).append(part)
+    return grouped
 
 
 def without_secrets(value: Any) -> Any:
@@ -125,7 +164,24 @@ def from_json(text: str | bytes, *, now: float) -> ConversationSnapshot:
     raw_messages = doc.get("messages", [])
     if not isinstance(raw_messages, list):
         raise ChatImportError(f'"messages" must be a list; it is {_kind(raw_messages)}.')
-    return ConversationSnapshot(conversation, tuple(_messages(raw_messages, created)))
+    messages = _messages(raw_messages, created)
+    return ConversationSnapshot(conversation, tuple(messages), tuple(_parts(raw_messages)))
+
+
+def _parts(raw_messages: list[Any]) -> list[MessagePart]:
+    """Each message's `parts` list (already known to be objects), numbered from 0."""
+    found: list[MessagePart] = []
+    for i, raw in enumerate(raw_messages):
+        listed = raw.get("parts", [])
+        if not isinstance(listed, list):
+            raise ChatImportError(f"messages[{i}].parts must be a list; it is {_kind(listed)}.")
+        for seq, part in enumerate(listed):
+            where = f"messages[{i}].parts[{seq}]"
+            if not isinstance(part, dict):
+                raise ChatImportError(f"{where} must be an object; it is {_kind(part)}.")
+            kind = _enum(PartKind, part, "kind", where)
+            found.append(MessagePart(i, seq, kind, _object(part, "data", where, default={})))
+    return found
 
 
 def _messages(raw_messages: list[Any], default_time: float) -> list[Message]:
@@ -174,7 +230,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _MISSING: Any = object()
-_E = TypeVar("_E", Role, MessageState)
+_E = TypeVar("_E", Role, MessageState, PartKind)
 
 
 def _field(obj: dict[str, Any], key: str, where: str, default: Any) -> Any:

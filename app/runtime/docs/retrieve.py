@@ -34,6 +34,8 @@ class Passage:
     text: str
     tokens: int
     score: float | None = None  # None for a whole document
+    page: int | None = None  # 1-based, for a chunk of a PDF
+    line: int | None = None  # the chunk's first line (paragraph for DOCX)
 
     @property
     def name(self) -> str:
@@ -48,7 +50,8 @@ class Passage:
 
     def to_dict(self) -> dict[str, object]:
         return {"number": self.number, "path": self.path, "name": self.name, "location": self.location,
-                "heading": self.heading, "text": self.text, "tokens": self.tokens, "score": self.score}
+                "heading": self.heading, "text": self.text, "tokens": self.tokens, "score": self.score,
+                "page": self.page, "line": self.line}
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ def _best_chunks(collection: Collection, query: str, hits: list[Hit], count_toke
         if used + tokens > budget:
             left_out.append(f"{passage.name}, {passage.location}")
             continue
-        chosen.append(Passage(passage.number, hit.path, passage.location, hit.heading, hit.text, tokens, passage.score))
+        chosen.append(Passage(passage.number, hit.path, passage.location, hit.heading, hit.text, tokens, passage.score,
+                              hit.page, None if hit.page is not None else hit.line_start))
         used += tokens
     total = _prompt_tokens(collection.name, "chunks", chosen, count_tokens)
     while chosen and total > budget:  # the counts of the parts did not add up exactly: drop the last

@@ -31,6 +31,7 @@ class MessageDelegate(QStyledItemDelegate):
     by everything they show; a streamed token changes the key of its own row only."""
 
     sig_copied = Signal(str)  # a code block's text, just put on the clipboard by its "Copy" link
+    sig_link = Signal(int, str)  # (row, href) of any other link clicked in a row: a reply's sources
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -82,9 +83,13 @@ class MessageDelegate(QStyledItemDelegate):
     def editorEvent(self, event: QEvent, model: QAbstractItemModel, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> bool:
         """A click on a code block's "Copy" link copies that block."""
         if event.type() == QEvent.Type.MouseButtonRelease and isinstance(event, QMouseEvent) and event.button() == Qt.MouseButton.LeftButton:
-            code = code_for_anchor(index.data(Roles.TEXT) or "", self.anchor_at(option, index, event.position()))
+            anchor = self.anchor_at(option, index, event.position())
+            code = code_for_anchor(index.data(Roles.TEXT) or "", anchor)
             if code is not None:
                 QGuiApplication.clipboard().setText(code)
                 self.sig_copied.emit(code)
+                return True
+            if anchor:
+                self.sig_link.emit(index.row(), anchor)
                 return True
         return super().editorEvent(event, model, option, index)

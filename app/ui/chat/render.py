@@ -9,6 +9,7 @@ from typing import Any
 from PySide6.QtGui import QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument, QTextDocumentFragment, QTextFormat
 
 from app.ui.chat.highlight import highlight_code_blocks
+from app.ui.chat.sources import link_markers, sources_html
 
 SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System prompt", "notice": "Hearth"}
 STATE_NOTES = {"streaming": " …", "interrupted": " (interrupted)", "failed": " (failed)"}
@@ -62,7 +63,8 @@ def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stat
             cursor.insertHtml("<i>thinking…</i>")
     elif role == "assistant" and state != "streaming":
         start = cursor.position()
-        cursor.insertFragment(QTextDocumentFragment.fromMarkdown(answer))
+        # [n] markers link to the reply's sources (the delegate opens them)
+        cursor.insertFragment(QTextDocumentFragment.fromMarkdown(link_markers(answer, len(stats.get("sources") or []))))
         highlight_code_blocks(doc, start)  # code blocks coloured by language
         add_code_captions(doc, start)
     else:
@@ -71,6 +73,10 @@ def build_document(doc: QTextDocument, *, role: str, text: str, state: str, stat
     if extra:
         cursor.insertBlock()
         cursor.insertHtml(extra)
+    sources = sources_html(stats.get("sources") or [], stats.get("docs")) if role == "assistant" else ""
+    if sources:
+        cursor.insertBlock()
+        cursor.insertHtml(sources)
 
 
 def code_blocks(doc: QTextDocument, start: int = 0) -> list[tuple[str, str, int]]:
