@@ -43,6 +43,10 @@ class Drafter(Protocol):
         """How the last guess went: ``accepted`` of ``proposed`` tokens matched the target (to adapt k)."""
         ...
 
+    # Optional: ``begin(kv) -> dict`` is called once per reply, before the prompt is evaluated, with
+    # the target's `KvSequence` (to measure costs there); the dict says whether to speculate
+    # (``on``), why (``reason``), and is reported as the reply's ``speculation.plan``.
+
 
 @dataclass
 class Speculation:
@@ -52,13 +56,22 @@ class Speculation:
     drafted: int = 0
     accepted: int = 0
     off: str | None = None  # why the drafter was not used, when it was not
+    plan: dict[str, Any] | None = None  # what the drafter's ``begin`` decided (drafter, k, predicted speed-up, reason)
 
     @property
     def rejected(self) -> int:
         return self.drafted - self.accepted
 
+    @property
+    def acceptance(self) -> float | None:
+        """Accepted / drafted tokens; None before any guess was verified."""
+        return self.accepted / self.drafted if self.drafted else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "drafted": self.drafted, "accepted": self.accepted, **({"off": self.off} if self.off else {})}
+        rate = self.acceptance
+        return {"steps": self.steps, "drafted": self.drafted, "accepted": self.accepted,
+                **({"acceptance": round(rate, 4)} if rate is not None else {}), **({"off": self.off} if self.off else {}),
+                **({"plan": self.plan} if self.plan else {})}
 
 
 def apply_constraint(logits: np.ndarray, constraint: Constraint) -> bool:

@@ -198,7 +198,11 @@ def _speculation(kv: KvSequence, drafter: Drafter | None, mask: LogitsMask | Non
         return Speculation(off="a logits mask or grammar constrains the reply")
     if not kv.can_rewind:
         return Speculation(off="this model's memory cannot forget rejected drafts")
-    return Speculation()
+    begin = getattr(drafter, "begin", None)
+    if begin is None:
+        return Speculation()
+    decided = dict(begin(kv))  # measures the verify-cost curve at first use; the held KV is left as it was
+    return Speculation(off=None if decided.get("on", True) else str(decided.get("reason") or "not worth it here"), plan=decided)
 
 
 def _draft(kv: KvSequence, drafter: Drafter | None, spec: Speculation | None, history: list[int], *, room: int) -> list[int]:

@@ -1,0 +1,82 @@
+"""The verify-cost curve: what evaluating n tokens in one `llama_decode` batch costs, for a model
+as it is loaded (file, GPU layers, threads), measured once and kept in the measurement store.
+
+Speculation pays only when verifying k + 1 tokens costs much less than k + 1 single steps; that
+ratio depends on the machine (compute- or memory-bound) and on the model, so it is measured, at
+the first reply that could speculate, right where the model runs: the batches are decoded at the
+end of the context's held tokens and forgotten again (`KvSequence.cut`), so the conversation's
+cache is untouched. Sizes are measured interleaved, each several times, and the fastest of each
+kept (the least disturbed by other work on the machine).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from app.runtime.measurements import VERIFY_COST, MeasurementStore
+from app.runtime.planner.speculation import VerifyCurve
+
+SIZES = (1, 2, 3, 5, 9)
+REPEATS = 2
+
+
+def curve_key(llm: Any) -> str:
+    """What the curve depends on besides the machine: the model file and how it is run."""
+    params = llm.context_params
+    return f"{Path(str(llm.model_path)).name}|ngl{int(llm.model_params.n_gpu_layers)}|t{int(params.n_threads)}"
+
+
+def measure(kv: Any, *, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> VerifyCurve | None:
+    """Seconds per batch size, on ``kv``'s context at its current end; None when there is no room."""
+    base = kv.n
+    sizes = tuple(n for n in sizes if n <= kv.n_batch)
+    if base + max(sizes) + 1 > kv.n_ctx:
+        return None
+    filler = (kv.held()[-max(sizes):] if base else []) or [0]
+    tokens = (filler * (max(sizes) // len(filler) + 1))[: max(sizes)]
+    best: dict[int, float] = {}
+    try:
+        kv.decode(tokens[:2], all_logits=True)  # warm-up: first-use allocations are not the cost
+        kv.cut(base)
+        for _ in range(repeats):
+            for n in sizes:
+                started = time.perf_counter()
+                kv.decode(tokens[:n], all_logits=True)
+                took = time.perf_counter() - started
+                kv.cut(base)
+                best[n] = min(best.get(n, took), took)
+    finally:
+        kv.cut(base)
+    return VerifyCurve(monotone(best))
+
+
+def monotone(seconds: dict[int, float]) -> dict[int, float]:
+    """A batch never costs less than a smaller one: a timing disturbed by other work on the machine
+    (one token taking longer than two) is raised or lowered to keep the curve non-decreasing, one
+    token being no dearer than the cheapest batch."""
+    sizes = sorted(seconds)
+    out, floor = {}, min(seconds.values())
+    for n in sizes:
+        floor = max(floor, seconds[n]) if n > sizes[0] else floor
+        out[n] = floor
+    return out
+
+
+def stored_or_measured(kv: Any, store: MeasurementStore | None) -> tuple[VerifyCurve | None, str]:
+    """The curve for this model as loaded, and where it came from ("stored", "measured", "none")."""
+    key = curve_key(kv.llm)
+    if store is not None:
+        saved = store.get(VERIFY_COST, key)
+        if saved:
+            try:
+                return VerifyCurve.from_dict(saved), "stored"
+            except (KeyError, TypeError, ValueError):
+                pass
+    curve = measure(kv)
+    if curve is None:
+        return None, "none"
+    if store is not None:
+        store.put(VERIFY_COST, curve.to_dict(), key=key)
+    return curve, "measured"

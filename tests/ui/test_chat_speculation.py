@@ -1,0 +1,44 @@
+"""Speculative decoding as a chat setting, through the real window, worker and model: the dialog's
+choice is sent with the request, and the status bar shows what the reply's speculation did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.runtime.protocol import Method
+from app.ui.chat.replies import speculation_text
+from app.ui.chat.settings_dialog import SPECULATE_KEY, SettingsDialog
+from app.ui.main_window import MainWindow
+from app.ui.request import Request
+
+
+def test_the_speculation_setting_is_sent_and_the_status_bar_shows_the_acceptance(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+    page, bridge, sent = window.chat_page, window._bridge, []
+    real_run = bridge.run
+
+    def recording(method: Any, params: dict[str, Any] | None = None, **options: Any) -> Request:
+        sent.append((str(getattr(method, "value", method)), params or {}))
+        return real_run(method, params, **options)
+
+    bridge.run = recording  # type: ignore[method-assign]
+    dialog = SettingsDialog(system_prompt="", settings=page.conversation.settings)
+    qtbot.addWidget(dialog)
+    assert dialog.speculate.currentData() == ""  # the default: the app setting (automatic)
+    dialog.speculate.setCurrentIndex(dialog.speculate.findData("lookup"))
+    dialog.max_tokens.setValue(12)
+    dialog.temperature.setValue(0.0)
+    page.apply_settings(settings=dialog.settings())
+    assert page.store.conversation(page.conversation.id).settings[SPECULATE_KEY] == "lookup"
+
+    page.send("Repeat after me: one two three, one two three, one two three.")
+    qtbot.waitUntil(lambda: not page.busy, timeout=600_000)  # the first reply also measures the verify cost
+    [params] = [p for m, p in sent if m == Method.CHAT.value]
+    assert params["speculate"] == "lookup"
+    assert window.speculation_label.text().startswith("speculation")
+
+
+def test_the_status_words_for_a_replys_speculation() -> None:
+    assert speculation_text(None) == ""
+    assert speculation_text({"steps": 0, "drafted": 0, "accepted": 0, "off": "a grammar constrains the reply"}) == "speculation off"
+    assert speculation_text({"steps": 4, "drafted": 10, "accepted": 8}) == "speculation 80% accepted · 3.0 tokens/step"
+    assert speculation_text({"steps": 0, "drafted": 0, "accepted": 0}) == "speculation: no guesses"
