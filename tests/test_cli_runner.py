@@ -54,15 +54,20 @@ def test_usage_errors_exit_2() -> None:
     assert subprocess.run([*command(), "models", "search"], capture_output=True, text=True, timeout=60).returncode == 2
 
 
-def test_invalid_utf8_in_argv_and_stdin_is_replaced_not_a_traceback() -> None:
+def test_invalid_utf8_in_argv_and_stdin_is_replaced_not_a_traceback(model_path: Path, tmp_path: Path) -> None:
     argv = subprocess.run([*command(), "docs", "search", os.fsdecode(b"x\xff"), "y"], capture_output=True, timeout=60)
     err = argv.stderr.decode("utf-8")
     assert argv.returncode == 1 and "Traceback" not in err
     assert err.strip().splitlines() == [err.strip()] and "x\ufffd" in err
 
-    asked = subprocess.run([*command(), "models", "rm", "smollm2-135m-instruct-q4_1"], input=b"\xffy\n", capture_output=True, timeout=120)
+    # A deletable model (the embedded one is refused before the question): a copy in a home of its own.
+    library = tmp_path / "data" / "models"
+    library.mkdir(parents=True)
+    shutil.copy(model_path, library / "copy.gguf")
+    env = {**os.environ, "HEARTH_HOME": str(tmp_path)}
+    asked = subprocess.run([*command(), "models", "rm", str(library / "copy.gguf")], input=b"\xffy\n", capture_output=True, timeout=120, env=env)
     assert asked.returncode == 1 and b"Traceback" not in asked.stderr
-    assert b"Nothing deleted" in asked.stderr  # the answer "\ufffdy" is not a yes
+    assert b"Nothing deleted" in asked.stderr and (library / "copy.gguf").exists()  # the answer "\ufffdy" is not a yes
 
 
 def test_a_closed_pipe_ends_a_chat_quietly() -> None:
