@@ -31,9 +31,10 @@ from pydantic import ValidationError
 from app.runtime.client import RuntimeClient, failure_from_event
 from app.runtime.protocol import Event, EventKind, RuntimeFailure
 from app.server import anthropic_convert as convert
+from app.server import limits
 from app.server.anthropic_schemas import ErrorResponse, MessageResponse, MessagesRequest
 from app.server.config import ServerConfig
-from app.server.errors import STATUS
+from app.server.errors import STATUS, ApiError
 from app.server.jobs import Job, wait_disconnect
 from app.server.queue import RequestLog, Slots
 
@@ -71,6 +72,7 @@ def router(client: RuntimeClient, config: ServerConfig, log: RequestLog, slots: 
         try:
             _check_headers(request, config)
             body = await _body(request)
+            _check_bounds(body, config)
             params = {"kind": "chat", "model": body.model, "messages": convert.engine_messages(body),
                       "sampling": convert.sampling(body, config.max_tokens), **convert.engine_tools(body)}
             return await _answer(request, body, params)
@@ -144,6 +146,16 @@ async def _result(job: Job) -> Event:
         assert event is not None
         if event.is_final:
             return event
+
+
+def _check_bounds(body: MessagesRequest, config: ServerConfig) -> None:
+    """The same bounds as the OpenAI routes (app.server.limits), before the engine sees anything."""
+    schemas = [(f"tools.{i}.input_schema", tool.input_schema) for i, tool in enumerate(body.tools or [])]
+    try:
+        limits.check_request(body, config.limits, messages=body.messages, stop=body.stop_sequences,
+                             stop_param="stop_sequences", schemas=schemas)
+    except ApiError as exc:
+        raise AnthropicError(exc.status, exc.message) from None
 
 
 def _check_headers(request: Request, config: ServerConfig) -> None:

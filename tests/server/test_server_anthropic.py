@@ -103,6 +103,11 @@ def test_errors_come_in_anthropics_shape(served: Served, claude: anthropic.Anthr
     assert "'nope'" in _error(httpx.post(url, json=named), 400, "invalid_request_error")
     version = httpx.post(url, json={"model": served.model, "max_tokens": 4, "messages": hi}, headers={"anthropic-version": "latest"})
     assert "anthropic-version" in _error(version, 400, "invalid_request_error")
+    many_stops = {"model": served.model, "max_tokens": 4, "messages": hi, "stop_sequences": [f"s{i}" for i in range(40)]}
+    assert "stop strings" in _error(httpx.post(url, json=many_stops), 400, "invalid_request_error")  # app.server.limits
+    surrogate = b'{"model": "%s", "max_tokens": 4, "messages": [{"role": "user", "content": "\\ud800"}]}' % served.model.encode()
+    # pydantic's JSON parser refuses a lone surrogate itself, naming where it is: a 400, never a 500
+    assert "column" in _error(httpx.post(url, content=surrogate, headers={"content-type": "application/json"}), 400, "invalid_request_error")
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(model="no-such-model", max_tokens=4, messages=hi)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
