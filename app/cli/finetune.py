@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from app.cli.runner import EXIT_FAILED, EXIT_OK, Session, UsageError
+from app.runtime.outputs import check_output_folder
 from app.runtime.protocol import Method
 
 SETTING_FLAGS = ("rank", "alpha", "learning_rate", "epochs", "batch_size", "grad_accum", "seq_length", "threads", "max_steps",
@@ -51,6 +52,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, session: Session) -> int:
     if not args.resume and not args.data:
         raise UsageError("give a data file (or --resume RUN_DIR)")
+    if args.output and not args.resume:  # before any work (the base's conversion takes a while)
+        check_output_folder(args.output, what="the training run", new=True)
     settings = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     params: dict[str, Any] = {"base": args.base, "data": args.data, "output": args.output, "settings": settings, "hardware": args.hardware}
     out = session.console.out
@@ -105,5 +108,7 @@ def _print_result(session: Session, result: dict[str, Any]) -> None:
     out.write(f"peak memory {result['peak_memory']['bytes'] / 2**30:.2f} GiB measured ({result['peak_memory']['device']})"
               + (f", {estimate / 2**30:.2f} GiB estimated" if estimate else "") + "\n")
     out.write(f"adapter: {result['adapter']}\n")
+    if result.get("model_id"):  # registered in the library over its base: a model at once
+        out.write(f"in the library as {result['model_id']} ({result.get('model_name', '')}); chat with it: hearth chat --model {result['model_id']}\n")
     for key, value in (result.get("export") or {}).items():
         out.write(f"{key}: {value}\n")

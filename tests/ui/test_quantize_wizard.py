@@ -77,6 +77,20 @@ def test_wizard_first_page_to_chat(qtbot: Any, bridge: RuntimeBridge, library_ho
     qtbot.waitUntil(lambda: targets.list.count() > 0, timeout=30_000)
     assert targets.recommended.isEnabled() and "Recommended for this computer: " in targets.recommended.text()
     assert targets.reason.text()
+
+    def item(name: str) -> Any:
+        return next(targets.list.item(i) for i in range(targets.list.count()) if targets.list.item(i).data(Qt.ItemDataRole.UserRole) == name)
+
+    names = [targets.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(targets.list.count())]
+    assert len(names) == len(set(names))  # each type listed once
+    # the importance matrix is on by default: said per type, and the types that need one are offered
+    assert targets.imatrix.isChecked() and "importance matrix" in item("Q4_K_M").text() and "importance matrix" not in item("Q8_0").text()
+    assert item("IQ2_XS").flags() & Qt.ItemFlag.ItemIsEnabled
+    targets.imatrix.setChecked(False)  # asks again: without one, IQ2_XS cannot be made
+    qtbot.waitUntil(lambda: targets.list.count() > 0, timeout=30_000)
+    assert not item("IQ2_XS").flags() & Qt.ItemFlag.ItemIsEnabled and "importance matrix" not in item("Q4_K_M").text()
+    targets.imatrix.setChecked(True)
+    qtbot.waitUntil(lambda: targets.list.count() > 0, timeout=30_000)
     targets.check(["Q8_0"])
     assert targets.chosen() == ["Q8_0"] and targets.isComplete()
     wizard.next()
@@ -93,6 +107,7 @@ def test_wizard_first_page_to_chat(qtbot: Any, bridge: RuntimeBridge, library_ho
     results = wizard.results_page
     rows = results.results.rows()
     assert [r["target"] for r in rows] == ["F16 (source)", "Q8_0"]
+    assert results.results.data(results.results.index(1, 1)) == "plain" and rows[1]["imatrix"] is False  # Q8_0: no importance matrix
     best = results.results.recommended_row()
     assert best == 1 and results.results.data(results.results.index(1, 0), Qt.ItemDataRole.BackgroundRole) is not None
     assert rows[1]["kl_mean"] > 0 and abs(rows[1]["ppl_change_pct"]) < 5

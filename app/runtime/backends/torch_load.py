@@ -124,9 +124,12 @@ def load_model(folder: Path, settings: Mapping[str, Any]) -> tuple[Any, Any]:
             if scheme == "bnb-int8"
             else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         )
+    adapter = settings.get("adapter")  # a fine-tune's LoRA adapter over this base (`app.runtime.adapters`)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(adapter or folder)  # the run saved the tokenizer it trained with
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if adapter:
+            model = apply_adapter(model, Path(adapter), merge=scheme not in BNB_SCHEMES)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         log.exception("transformers could not load %s", folder)
         raise RuntimeFailure(
@@ -140,6 +143,17 @@ def load_model(folder: Path, settings: Mapping[str, Any]) -> tuple[Any, Any]:
         quantize_model(model, scheme)
     model.eval()
     return model, tokenizer
+
+
+def apply_adapter(model: Any, adapter: Path, *, merge: bool) -> Any:
+    """The base with the LoRA adapter applied (peft). ``merge``: folded into the weights in memory,
+    so decoding costs what the base costs and a weight-only scheme quantizes the tuned weights; a
+    bitsandbytes base keeps the adapter beside its quantized layers instead."""
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(model, str(adapter))
+    log.info("applied the adapter %s (%s)", adapter, "merged" if merge else "unmerged")
+    return tuned.merge_and_unload() if merge else tuned
 
 
 def input_device(model: Any) -> Any:

@@ -10,6 +10,10 @@ Shapes, detected from the rows themselves (the most common one among the readabl
 A bad row never crashes the import: it becomes an `Issue` with its line number and the reason, in
 words a person can fix in their editor. Whether bad rows are skipped or stop the run is the
 person's choice (``on_error``).
+
+Reading is bounded: JSONL is read line by line, and a row longer than `MAX_ROW_BYTES` is reported
+by its line and skipped without ever being held whole (a 50 MB single-line file once made the
+tokenizer peak at 8 GB). JSON and CSV rows are parsed whole, then held to the same limit.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 
 ROLES = ("system", "user", "assistant")
 SHAPES = ("messages", "instruction", "prompt_completion", "text")
 SUFFIXES = (".jsonl", ".json", ".csv")
+MAX_ROW_BYTES = 2**20  # one example: 1 MiB of text is ~250k tokens, far beyond any sequence length a fine-tune uses
+_SKIP_CHUNK = 2**16  # how much of an over-long line is read at a time while skipping it
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,10 @@ class DataRejected(RuntimeFailure):
         self.report = report
 
 
-def read(path: str | Path, *, on_error: str = "skip") -> DataReport:
-    """Read and validate a data file. ``on_error``: "skip" bad rows, or "stop" (raise DataRejected)."""
+def read(path: str | Path, *, on_error: str = "skip", max_row_bytes: int = MAX_ROW_BYTES) -> DataReport:
+    """Read and validate a data file. ``on_error``: "skip" bad rows, or "stop" (raise DataRejected).
+
+    ``max_row_bytes``: the longest row kept (see the module's docstring)."""
     if on_error not in ("skip", "stop"):
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "on_error must be 'skip' or 'stop'")
     source = Path(path)
@@ -99,13 +109,17 @@ def read(path: str | Path, *, on_error: str = "skip") -> DataReport:
     if suffix not in SUFFIXES:
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{source.name}: Hearth reads .jsonl, .json and .csv data files.")
     report = DataReport(str(source), None)
-    rows = _rows(source.read_bytes(), suffix, report)
+    if suffix == ".jsonl":
+        with source.open("rb") as stream:
+            rows = _jsonl_rows(stream, report, max_row_bytes)
+    else:
+        rows = _rows(source.read_bytes(), suffix, report)
     report.rows = len(rows) + sum(1 for i in report.issues)
     shapes = Counter(s for s in (_shape_of(obj) for _, obj in rows) if s)
     report.shape = shapes.most_common(1)[0][0] if shapes else None
     for line, obj in rows:
         try:
-            report.examples.append(_example(obj, report.shape, line))
+            report.examples.append(_bounded(_example(obj, report.shape, line), max_row_bytes))
         except ValueError as exc:
             report.issues.append(Issue(line, str(exc)))
     report.issues.sort(key=lambda i: i.line)
@@ -144,18 +158,72 @@ def _decode_lines(raw: bytes, report: DataReport) -> list[tuple[int, str]]:
     return out
 
 
+def _jsonl_rows(stream: IO[bytes], report: DataReport, max_row_bytes: int) -> list[tuple[int, Any]]:
+    """JSONL, one line at a time: at most ``max_row_bytes`` (plus a chunk) is ever held of one line."""
+    rows = []
+    for number, chunk, length in _bounded_lines(stream, max_row_bytes):
+        if chunk is None:
+            report.issues.append(Issue(number, f"{_size(length)} long, more than the {_size(max_row_bytes)} one example may hold; split it into smaller examples"))
+            continue
+        if number == 1 and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM):]
+        try:
+            text = chunk.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            report.issues.append(Issue(number, f"not UTF-8 text (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"))
+            continue
+        if not text.strip():
+            continue
+        try:
+            rows.append((number, json.loads(text)))
+        except ValueError as exc:
+            report.issues.append(Issue(number, f"malformed JSON ({exc.args[0].split(':')[0]})"))
+    return rows
+
+
+def _bounded_lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """``(line number, line, its length in bytes)``; the line is None when it is longer than
+    ``limit``: the rest of it is read and dropped a chunk at a time."""
+    number = 0
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if line.endswith(b"\n") or len(line) <= limit:  # whole, or the file's last line
+            yield number, line, len(line)
+            continue
+        length = len(line)
+        while not line.endswith(b"\n"):
+            line = stream.readline(_SKIP_CHUNK)
+            if not line:
+                break
+            length += len(line)
+        yield number, None, length
+
+
+def _bounded(example: Example, max_row_bytes: int) -> Example:
+    """The example, unless its text is over the limit or not valid Unicode (a lone surrogate
+    from a JSON escape such as "\\ud800", which no tokenizer can encode)."""
+    texts = [example.text] if example.text is not None else [m["content"] for m in example.messages]
+    size = sum(len(t) for t in texts)
+    if size > max_row_bytes:
+        raise ValueError(f"{_size(size)} of text, more than the {_size(max_row_bytes)} one example may hold; split it into smaller examples")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"invalid text: a lone surrogate (\\u{ord(text[exc.start]):04x}) at character {exc.start + 1}") from None
+    return example
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB" if n >= 2**10 else f"{n} bytes"
+
+
 def _rows(raw: bytes, suffix: str, report: DataReport) -> list[tuple[int, Any]]:
+    """JSON and CSV, parsed whole (a JSON list is one document)."""
     lines = _decode_lines(raw, report)
-    if suffix == ".jsonl":
-        rows = []
-        for number, text in lines:
-            if not text.strip():
-                continue
-            try:
-                rows.append((number, json.loads(text)))
-            except ValueError as exc:
-                report.issues.append(Issue(number, f"malformed JSON ({exc.args[0].split(':')[0]})"))
-        return rows
     if suffix == ".csv":
         return _csv_rows(lines, report)
     return _json_rows(lines, report)

@@ -65,6 +65,8 @@ def choose_backend(model: ModelInfo, prefs: UserPrefs) -> Choice:
         return Choice(prefs.backend, f"Set by you ({prefs.backend}).", overridden=True)
     if model.format == "gguf":
         return Choice("llama.cpp", "A GGUF file runs natively in llama.cpp: quantized weights stay quantized, and layers can be split between GPU and CPU.")
+    if model.format == "adapter":
+        return Choice("torch", "A fine-tune's LoRA adapter runs in the torch backend, applied over its base model (its GGUF export runs in llama.cpp).")
     return Choice("torch", f"A {model.format} model (a transformers folder) runs in the torch backend.")
 
 

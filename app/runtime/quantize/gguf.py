@@ -38,15 +38,25 @@ _WRITING = re.compile(r"Writing:\s+(\d+)%")
 
 def _run(role: str, params: Mapping[str, Any], ctx: JobContext | None, *, what: str, partial: Path, on_line: Callable[[str], None], kind: ErrorKind) -> None:
     """One child job to its end. A failure is worded from the child's stderr (a full disk as
-    DISK_FULL); a stop removes ``partial`` and ends as cancelled whatever was asked."""
+    DISK_FULL: ENOSPC in its words, or llama.cpp's "iostream error" while the disk had next to
+    nothing free); ``partial`` is removed after any failure, and a stop ends as cancelled
+    whatever was asked."""
+
+    free_at_error: list[int | None] = []
+
+    def watch(line: str) -> None:
+        if safety.is_stream_error(line) and not free_at_error:  # measured now, while the partial file still fills the disk
+            free_at_error.append(safety.free_bytes(partial.parent))
+        on_line(line)
 
     def classify(tail: str, code: int) -> RuntimeFailure:
-        if safety.is_disk_full(tail):
-            return safety.disk_full(partial.parent, f"the disk filled up during {what}")
+        free = free_at_error[0] if free_at_error else None
+        if safety.is_disk_full(tail) or (safety.is_stream_error(tail) and free is not None and free < safety.FULL_BELOW):
+            return safety.disk_filled(partial.parent, f"the {what}")
         return RuntimeFailure(kind, f"The {what} failed: {last_error(tail.splitlines()) if tail else f'exit status {code}'}", detail=tail[-4000:])
 
     try:
-        run_child(role, params, ctx, what=what, partial=[partial], on_stderr=on_line, classify=classify)
+        run_child(role, params, ctx, what=what, partial=[partial], on_stderr=watch, classify=classify)
     except JobStopped:
         raise JobStopped(JobStatus.CANCELLED, f"Cancelled during the {what}; nothing was added to the library.") from None
 

@@ -10,10 +10,19 @@ half-made, and nothing at all from a cancelled run, appears in the library. A st
 
 Steps, each reported with ``step``/``steps`` in the progress events:
 1. an HF folder is converted to a 16-bit GGUF (the reference for GGUF targets);
-2. each GGUF target is quantized from the reference (an already-quantized GGUF source is
-   requantized, with a warning), each torch target is made from the HF weights;
-3. with ``evaluate``, the reference and every output are measured on the same held-out tokens;
-4. the planner picks the variant it would run on this machine; the outputs are moved into place.
+2. with ``imatrix="auto"`` and a GGUF target of 4 bits or less, Hearth's importance matrix of the
+   source (`app.runtime.quantize.imatrix`, a child job, cached per model and calibration);
+3. each GGUF target is quantized from the reference (an already-quantized GGUF source is
+   requantized, with a warning), weighted by the importance matrix where one is used; each torch
+   target is made from the HF weights by GPTQ (``torch_method="gptq"``, calibrated on the same
+   text) or by rounding to nearest (``"rtn"``);
+4. with ``evaluate``, the reference and every output are measured on the same held-out tokens (the
+   figures are kept in the measurement store for the next recommendation);
+5. the smallest variant that fits this machine and keeps the mean KL divergence within 0.01 is
+   recommended (`app.runtime.quantize.recommend`); the outputs are moved into place.
+
+Each result row says how it was made: ``imatrix`` (whether an importance matrix weighed it) and
+``algorithm`` (``llama.cpp`` for GGUF types, ``gptq`` or ``rtn`` for the torch schemes).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any
 
 from app.runtime.jobs import JobContext, JobStopped, Progress
 from app.runtime.library import ModelInfo
+from app.runtime.outputs import check_output_folder
 from app.runtime.protocol import ErrorKind, JobStatus, RuntimeFailure
 from app.runtime.quantize import safety
 from app.runtime.quantize import targets as registry
@@ -37,6 +47,8 @@ from app.runtime.quantize.targets import Target
 log = logging.getLogger(__name__)
 
 PENDING = ".pending"
+AUTO, NONE = "auto", "none"  # the importance-matrix modes besides a file
+TORCH_METHODS = ("gptq", "rtn")
 
 
 class StepState(JobContext):
@@ -89,11 +101,23 @@ def run(
     evaluate: bool,
     state: JobContext | None,
     eval_tokens: int | None = None,
-    imatrix: Path | None = None,
+    imatrix: str | Path | None = AUTO,
+    calibration: str | Path | None = None,
+    calibration_chunks: int | None = None,
+    torch_method: str = "gptq",
     hardware: Any = None,
     context_length: int | None = None,
+    measurements: Any = None,
 ) -> dict[str, Any]:
     """Quantize ``source`` (an HF folder or a GGUF file) to each of ``targets``; the report.
+
+    ``imatrix``: "auto" (measure, or reuse the cached, importance matrix for every GGUF type of 4
+    bits or less), "none" (or None: plain llama.cpp types; the types that need one are refused),
+    or an importance-matrix file (llama-imatrix's GGUF or .dat), used for every quantized type.
+    ``calibration``: a text file for the importance matrix and GPTQ (default: the shipped text);
+    ``calibration_chunks``: how many 512-token chunks of it (default 8 for the imatrix, 16 for GPTQ).
+    ``torch_method``: "gptq" or "rtn" for the torch targets. ``measurements``: the store the
+    evaluation's figures are kept in (None: not kept).
 
     Raises `JobStopped` (cancelled, nothing added to the library) after a cancel or a pause.
     """
@@ -101,21 +125,27 @@ def run(
 
     src = safety.inspect_source(source)
     wanted = registry.parse(targets)
+    if torch_method not in TORCH_METHODS:
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown torch quantization method {torch_method!r}; choose {' or '.join(TORCH_METHODS)}.")
+    mode, given = imatrix_mode(imatrix)
     output_dir = Path(output_dir) if output_dir is not None else paths().models
+    check_output_folder(output_dir, what="the quantized models")  # a file or an unwritable place: one sentence, before any work
     output_dir.mkdir(parents=True, exist_ok=True)
     safety.sweep_stale(output_dir)
     gguf_targets = [t for t in wanted if t.kind == "gguf"]
     torch_targets = [t for t in wanted if t.kind == "torch"]
+    weighted = {t.name: uses_imatrix(t, mode) for t in gguf_targets}
     for t in gguf_targets:
-        if t.needs_imatrix and imatrix is None:
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{t.name} needs an importance matrix (llama.cpp refuses it without one). Pass one, or choose Q2_K or larger.")
+        if t.needs_imatrix and not weighted[t.name]:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"{t.name} needs an importance matrix (llama.cpp refuses it without one). Use --imatrix auto (Hearth measures one) or give a file, or choose Q2_K or larger.")
+    measure_imatrix = mode == AUTO and any(weighted.values())
     expected = {t.name: registry.estimate_size(t, src.tensors) for t in wanted}
     convert = src.kind == "hf" and bool(gguf_targets)
     reference_type = "BF16" if src.file_type == "BF16" else "F16"
     need = sum(expected.values()) + (registry.estimate_size(registry.get(reference_type), src.tensors) if convert else 0)
     safety.check_free_space(output_dir, need, f"Quantizing {src.name} to {', '.join(t.name for t in wanted)}")
 
-    steps = int(convert) + len(wanted) + int(evaluate and bool(gguf_targets)) + int(evaluate and bool(torch_targets)) + 1
+    steps = int(convert) + int(measure_imatrix) + len(wanted) + int(evaluate and bool(gguf_targets)) + int(evaluate and bool(torch_targets)) + 1
     step = StepState(state, steps)
     work = output_dir / f".quantize.{os.getpid()}-{uuid.uuid4().hex[:8]}{safety.PART_SUFFIX}"
     work.mkdir()
@@ -128,6 +158,10 @@ def run(
             from app.runtime.quantize.gguf import convert_hf_to_gguf
 
             reference = convert_hf_to_gguf(src.path, work / f"{src.name}.{reference_type}.gguf{PENDING}", outtype=reference_type.lower(), state=step)
+        imatrix_file, imatrix_report = given, ({"path": str(given), "made": "given"} if given is not None else None)
+        if measure_imatrix:
+            step.begin(f"Measuring the importance matrix of {src.name}")
+            imatrix_file, imatrix_report = _auto_imatrix(src, step, calibration, calibration_chunks)
         for t in gguf_targets:
             step.check()
             step.begin(f"Quantizing to {t.name}")
@@ -136,9 +170,12 @@ def run(
                 continue
             from app.runtime.quantize.gguf import quantize_gguf
 
-            made[t.name] = quantize_gguf(reference, work / f"{src.name}.{t.name}.gguf{PENDING}", t.name, state=step, imatrix=imatrix)
-        torch_made = _torch_targets(src, torch_targets, work, step, evaluate=evaluate, eval_tokens=eval_tokens)
-        report = _report(src, wanted, made, expected)
+            made[t.name] = quantize_gguf(reference, work / f"{src.name}.{t.name}.gguf{PENDING}", t.name, state=step,
+                                         imatrix=imatrix_file if weighted[t.name] else None)
+        torch_made = _torch_targets(src, torch_targets, work, step, evaluate=evaluate, eval_tokens=eval_tokens, method=torch_method,
+                                    calibration=calibration, calibration_chunks=calibration_chunks)
+        report = _report(src, wanted, made, expected, weighted)
+        report["imatrix"] = imatrix_report if any(weighted.values()) else None
         if evaluate and gguf_targets:
             step.begin("Measuring quality and speed")
             _evaluate_gguf(src, reference, report, work, step, eval_tokens)
@@ -146,7 +183,11 @@ def run(
         step.check()
         step.begin("Adding the results to the library")
         info = _publish(report, output_dir)
-        _recommend(report, info, hardware, context_length)
+        if evaluate:
+            from app.runtime.quantize.recommend import remember
+
+            remember(measurements, src.path, src.size, report["results"])
+        _recommend(report, info or src.info or _shape_of(src), hardware, context_length)
     except BaseException:
         safety.remove(work)
         raise
@@ -156,11 +197,47 @@ def run(
     return report
 
 
-def _report(src: Source, wanted: list[Target], made: dict[str, Path], expected: dict[str, int]) -> dict[str, Any]:
+def imatrix_mode(imatrix: str | Path | None) -> tuple[str, Path | None]:
+    """``("auto"|"none"|"file", the file)`` from what a caller passed (None means "none")."""
+    if imatrix is None or str(imatrix).strip().lower() in (NONE, ""):
+        return NONE, None
+    if isinstance(imatrix, str) and imatrix.strip().lower() == AUTO:
+        return AUTO, None
+    path = Path(imatrix).expanduser()
+    if not path.is_file():
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"There is no importance matrix file at {path}. Use auto (Hearth measures one), none, or a file from `hearth imatrix` or llama-imatrix.")
+    return "file", path
+
+
+def uses_imatrix(target: Target, mode: str) -> bool:
+    """Whether ``target`` is made with an importance matrix in this mode: "auto" for the types of
+    4 bits or less (`Target.imatrix_auto`); a given file for every type llama.cpp weighs with it
+    (those below 8 bits: Q8_0 and the float types ignore it)."""
+    if target.kind != "gguf" or mode == NONE:
+        return False
+    if mode == AUTO:
+        return target.imatrix_auto
+    return target.bits is not None and target.bits < 8
+
+
+def _auto_imatrix(src: Source, step: StepState, calibration: str | Path | None, chunks: int | None) -> tuple[Path, dict[str, Any]]:
+    """Hearth's importance matrix of the source, from the cache when this model and calibration
+    were measured before (a child job otherwise)."""
+    from app.runtime.quantize.imatrix import DEFAULT_CHUNKS, cached_imatrix, cached_path
+
+    cached = cached_path(src.path, data=calibration, chunks=chunks).is_file()
+    path = cached_imatrix(src.path, data=calibration, chunks=chunks, ctx=step)
+    step.log(f"{'Reusing the cached' if cached else 'Measured the'} importance matrix {path}")
+    return path, {"path": str(path), "made": "cached" if cached else "measured", "chunks": int(chunks or DEFAULT_CHUNKS),
+                  "calibration": str(calibration) if calibration else "shipped"}
+
+
+def _report(src: Source, wanted: list[Target], made: dict[str, Path], expected: dict[str, int], weighted: dict[str, bool]) -> dict[str, Any]:
     rows = []
     for t in wanted:
         if t.name in made:
-            rows.append({"target": t.name, "kind": "gguf", "path": str(made[t.name]), "file_size": made[t.name].stat().st_size, "expected_size": expected[t.name]})
+            rows.append({"target": t.name, "kind": "gguf", "path": str(made[t.name]), "file_size": made[t.name].stat().st_size, "expected_size": expected[t.name],
+                         "imatrix": weighted.get(t.name, False), "algorithm": "llama.cpp"})
     return {
         "source": {"path": str(src.path), "kind": src.kind, "name": src.name, "file_type": src.file_type, "file_size": src.size},
         "warnings": list(src.warnings),
@@ -168,6 +245,7 @@ def _report(src: Source, wanted: list[Target], made: dict[str, Path], expected: 
         "results": rows,
         "recommended": None,
         "recommended_reason": "",
+        "imatrix": None,  # the importance matrix used: path, made (measured / cached / given), chunks, calibration
     }
 
 
@@ -198,8 +276,9 @@ def _evaluate_gguf(src: Source, reference: Path, report: dict[str, Any], work: P
     del ref
 
 
-def _torch_targets(src: Source, wanted: list[Target], work: Path, step: StepState, *, evaluate: bool, eval_tokens: int | None) -> list[dict[str, Any]]:
-    """Each torch scheme through torch_quant, measured against the fp32 source when asked."""
+def _torch_targets(src: Source, wanted: list[Target], work: Path, step: StepState, *, evaluate: bool, eval_tokens: int | None,
+                   method: str = "gptq", calibration: str | Path | None = None, calibration_chunks: int | None = None) -> list[dict[str, Any]]:
+    """Each torch scheme through torch_quant (GPTQ or rounding), measured against the fp32 source when asked."""
     if not wanted:
         return []
     import torch
@@ -231,16 +310,21 @@ def _torch_targets(src: Source, wanted: list[Target], work: Path, step: StepStat
         store.flush()
         del store, model
         ref = ev.open_reference(store_path)
+    windows: list[list[int]] | None = None
+    if method == "gptq":
+        from app.runtime.quantize.gptq import DEFAULT_CHUNKS, calibration_windows
+
+        windows = calibration_windows(folder, data=str(calibration) if calibration else None, chunks=int(calibration_chunks or DEFAULT_CHUNKS))
     for t in wanted:
         step.check()
-        step.begin(f"Quantizing to {t.name} (torch)")
+        step.begin(f"Quantizing to {t.name} (torch, {'GPTQ' if method == 'gptq' else 'round to nearest'})")
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        model = torch_quant.quantize_model(model, t.name) or model
+        model = torch_quant.quantize_model(model, t.name, method=method, calibration=windows, ctx=step) or model
         out = work / f"{src.name}-{t.name}"
         torch_quant.save_quantized(model, out, t.name)
         _copy_tokenizer(folder, out)
         del model
-        row: dict[str, Any] = {"target": t.name, "kind": "torch", "path": str(out), "file_size": _folder_size(out)}
+        row: dict[str, Any] = {"target": t.name, "kind": "torch", "path": str(out), "file_size": _folder_size(out), "imatrix": False, "algorithm": method}
         if evaluate:
             loaded = torch_quant.load_quantized(out)
             row.update(evaluate_model(loaded, chunks, reference=ref, state=step, label=t.name).to_dict())
@@ -293,24 +377,35 @@ def _publish(report: dict[str, Any], output_dir: Path) -> ModelInfo | None:
     return infos.get("first")
 
 
-def _recommend(report: dict[str, Any], info: ModelInfo | None, hardware: Any, context_length: int | None) -> None:
-    """The variant the planner would run here: the best quality that fits on the GPU, else up to
-    Q4_K_M in RAM (`app.runtime.planner.variants.choose_variant`)."""
-    from app.runtime.planner import Variant, choose_variant
+def _shape_of(src: Source) -> ModelInfo | None:
+    """The planner's view of an HF source (for a run that made only torch targets)."""
+    from app.runtime.library import read_hf_folder
 
-    rows = [r for r in report["results"] if r["kind"] == "gguf"]
+    try:
+        return read_hf_folder(src.path, source="folder") if src.kind == "hf" else None
+    except RuntimeFailure as exc:
+        log.warning("no recommendation: %s", exc.message)
+        return None
+
+
+def _recommend(report: dict[str, Any], info: ModelInfo | None, hardware: Any, context_length: int | None) -> None:
+    """The smallest result that fits this machine and keeps the mean KL divergence within the
+    limit, judged from this run's measurements when it measured (`app.runtime.quantize.recommend`).
+    GGUF results are weighed when there are any (the llama.cpp backend runs them); else the torch ones."""
+    from app.runtime.quantize.recommend import Offer, recommend_here
+
+    rows = [r for r in report["results"] if r["kind"] == "gguf"] or report["results"]
     if not rows or info is None:
         return
     if hardware is None:
         from app.runtime.hardware import probe
 
         hardware = probe()
-    try:
-        choice = choose_variant([Variant(r["target"], r["file_size"], r["path"]) for r in rows], info, hardware, context_length)
-    except RuntimeFailure as exc:
-        report["recommended_reason"] = exc.message
+    offers = [Offer(r["target"], int(r["file_size"]), bool(r.get("imatrix") or r.get("algorithm") == "gptq"), r.get("kl_mean")) for r in rows]
+    choice = recommend_here(offers, info, hardware, context_length)
+    report["recommended_reason"] = choice.reason
+    if choice.value is None:
         return
     report["recommended"] = choice.value["name"]
-    report["recommended_reason"] = choice.reason
     for r in rows:
         r["recommended"] = r["target"] == choice.value["name"]

@@ -4,7 +4,8 @@
   whole (a safetensors header says exactly how long the file must be); a GGUF file must start
   with the magic and hold every tensor its header lists. The words say what to do.
 - Free space is checked against the estimated output before each step; a disk that fills anyway
-  (ENOSPC) is reported as such.
+  (ENOSPC, or llama.cpp's "iostream error" with the disk found full at that moment) is reported
+  as "the disk is full".
 - Outputs are written under a hidden temporary name that the library never lists (it scans for
   ``*.gguf``), opened with gguf's reader once complete, and only then renamed into place. A run
   that dies leaves only a hidden ``.part`` file whose owner is gone; the next run sweeps it.
@@ -30,6 +31,7 @@ from app.runtime.quantize.targets import TensorInfo
 log = logging.getLogger(__name__)
 
 SPACE_MARGIN = 64 * 2**20  # never fill a disk to the last byte
+FULL_BELOW = 16 * 2**20  # a write that failed with less than this free failed for want of space
 PART_SUFFIX = ".part"
 _PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.part$")
 _QUANT_SUFFIX = re.compile(r"[.\-_](f32|f16|bf16|q\d(_\w+)?|iq\d(_\w+)?|tq\d_\d|mxfp4_moe)$", re.IGNORECASE)
@@ -186,6 +188,28 @@ def is_disk_full(exc: BaseException | str) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return "No space left on device" in str(exc) or "ENOSPC" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def disk_filled(folder: Path, what: str) -> RuntimeFailure:
+    """The disk filled up while a step was writing (after the free-space check had passed)."""
+    return RuntimeFailure(
+        ErrorKind.DISK_FULL,
+        f"The disk is full: {folder} ran out of space during {what}. Free some space, or choose another output folder. "
+        "Nothing was added to the library.",
+    )
+
+
+def is_stream_error(text: str) -> bool:
+    """llama.cpp's words for any failed write of its ``std::ofstream`` ("basic_ios::clear:
+    iostream error"): a full disk among other causes, which only the free space at that moment tells."""
+    return "basic_ios::clear" in text or "iostream error" in text
+
+
+def free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def _mb(n: int) -> str:

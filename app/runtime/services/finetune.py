@@ -29,6 +29,7 @@ from app.runtime.finetune.config import RunConfig
 from app.runtime.hardware import Hardware
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.library import ModelInfo
+from app.runtime.outputs import check_output_folder
 from app.runtime.planner import training
 from app.runtime.protocol import ErrorKind, Method, RuntimeFailure, omitted_when_none
 
@@ -91,6 +92,8 @@ class FinetuneTrainResult:
     memory_estimate: dict[str, Any] | None = omitted_when_none()
     seconds: float | None = omitted_when_none()
     checkpoint: str | None = omitted_when_none()  # the newest checkpoint of a run that stopped early
+    model_id: str | None = omitted_when_none()  # the finished adapter in the library, over its base: chat with it by this id
+    model_name: str | None = omitted_when_none()
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,15 @@ class FinetuneService:
             ctx.progress("prepare", message=f"Preparing {model.name} for training (a one-time conversion)")
         return hf_folder_for_gguf(model.path), model.name
 
+    def _base_ref(self, base: str | None) -> dict[str, str | None]:
+        """The base as the library knows it (``base_id``) and its path, kept in the run's settings."""
+        path = Path(base).expanduser() if base else None
+        if path is not None and library.is_hf_folder(path):
+            found = [m for m in self._models() if Path(m.path) == path.resolve()]
+            return {"base_id": found[0].id if found else None, "base_path": str(path.resolve())}
+        model = library.resolve(base, self._models())
+        return {"base_id": model.id, "base_path": model.path}
+
     def _plan(self, folder: Path, name: str, stats: training.DataStats, overrides: dict[str, Any], hardware: str | None) -> training.TrainingPlan:
         from app.runtime.planner.profiles import load_profile
 
@@ -194,7 +206,22 @@ class FinetuneService:
                 result = runner.train(self.make_config(params, ctx), ctx)
         finally:
             self._busy.release()
+        if result.get("finish_reason") == "done" and result.get("adapter"):
+            result.update(self._register(result))
         return FinetuneTrainResult(**result)
+
+    def _register(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A finished run is a model at once: its adapter in the library over its base (a manifest,
+        no copy), chat-ready in the torch backend. A base the library lost is logged, not fatal."""
+        from app.paths import paths
+        from app.runtime import adapters
+
+        try:
+            info = adapters.register(result["adapter"], self._models(), library.resolve, models_dir=paths().models, steps=result.get("steps"))
+        except RuntimeFailure as exc:
+            log.warning("the finished adapter %s was not added to the library: %s", result["adapter"], exc.message)
+            return {}
+        return {"model_id": info.id, "model_name": info.name}
 
     def make_config(self, params: FinetuneTrainParams, ctx: JobContext | None = None) -> RunConfig:
         """The run's settings: the planner's choices, then the person's overrides."""
@@ -207,6 +234,9 @@ class FinetuneService:
         if unknown:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"unknown fine-tune setting(s): {', '.join(sorted(unknown))}")
         on_error = settings.get("on_error", "skip")
+        given_output = _str(params.output, "output", required=False)
+        if given_output:  # before the base's conversion: a file, another run's folder or an unwritable place in one sentence
+            check_output_folder(given_output, what="the training run", new=True)
         folder, name = self.base_folder(_str(params.base, "base", required=False), ctx)
         report = data.read(data_path, on_error=on_error)
         from transformers import AutoTokenizer
@@ -215,9 +245,10 @@ class FinetuneService:
         lengths = sorted(len(collate.encode(tokenizer, e, max_length=1 << 20).input_ids) for e in report.examples[:STATS_SAMPLE])
         stats = _stats(len(report.examples), lengths)
         made = self._plan(folder, name, stats, {k: v for k, v in settings.items() if k in training.SETTINGS}, params.hardware)
-        output = _str(params.output, "output", required=False) or str(paths().data / "finetune" / f"{export.slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        output = given_output or str(paths().data / "finetune" / f"{export.slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
         values = {**made.settings(), **settings}
-        extra = {"memory_estimate": made.memory.value, "plan": made.to_dict()}  # shown next to the measured peak afterwards
+        extra = {"memory_estimate": made.memory.value, "plan": made.to_dict(),  # shown next to the measured peak afterwards
+                 **self._base_ref(_str(params.base, "base", required=False))}  # the finished adapter is registered over it
         return RunConfig.from_dict({"base": str(folder), "data": str(Path(data_path).resolve()), "output": output, "extra": extra, **values})
 
     def export(self, params: FinetuneExportParams, ctx: JobContext) -> FinetuneExportResult:

@@ -21,6 +21,7 @@ from app.runtime import library
 from app.runtime.hardware import Hardware
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.library import ModelInfo
+from app.runtime.measurements import MeasurementStore
 from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 from app.runtime.quantize import targets as registry
 
@@ -33,14 +34,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class QuantizeTargetsParams:
     model: str  # a library model, a GGUF file or a Hugging Face folder
+    imatrix: str = "auto"  # how the run would be made: "auto", "none" or a file (which types are offered, and how)
 
 
 @dataclass(frozen=True)
 class QuantizeTargetsResult:
     source: dict[str, Any]  # path, kind, name, file_type, file_size
     warnings: list[str]
-    targets: list[dict[str, Any]]  # every target with expected_size and common
-    recommended: dict[str, Any] | None  # name, expected_size, fit, context_length
+    targets: list[dict[str, Any]]  # every target with expected_size, common, imatrix (made with one) and available
+    recommended: dict[str, Any] | None  # name, expected_size, fit, context_length, kl_mean, kl_source, imatrix
     recommended_reason: str
 
 
@@ -51,7 +53,10 @@ class QuantizeRunParams:
     output_dir: str | None = None  # default: the library's models folder
     evaluate: bool = True  # measure perplexity, agreement and speed against the source
     eval_tokens: int | None = None
-    imatrix: str | None = None  # an importance matrix, for the IQ targets
+    imatrix: str | None = "auto"  # "auto" (Hearth's, for the types of 4 bits or less), "none", or an importance-matrix file
+    calibration: str | None = None  # a text file for the importance matrix and GPTQ (default: the shipped text)
+    calibration_chunks: int | None = None  # 512-token chunks of it (default 8 for the imatrix, 16 for GPTQ)
+    torch_method: str = "gptq"  # "gptq" or "rtn" for the torch int8/int4 targets
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,45 @@ class QuantizeRunResult:
     recommended_reason: str
     seconds: float
     output_dir: str
+    imatrix: dict[str, Any] | None = None  # the importance matrix used: path, made (measured / cached / given)
+
+
+@dataclass(frozen=True)
+class QuantizeImatrixParams:
+    model: str  # a library model, a GGUF file or a Hugging Face folder
+    out: str | None = None  # the file to write (default: the per-model cache `--imatrix auto` reuses)
+    data: str | None = None  # a calibration text file (default: the shipped text, never the evaluation's)
+    chunks: int | None = None  # 512-token chunks of it (default 8)
+
+
+@dataclass(frozen=True)
+class QuantizeImatrixResult:
+    out: str  # the importance matrix, in llama-imatrix's GGUF format
+    entries: int  # weights measured
+    chunks: int
+    tokens: int
+    dataset: str
+    seconds: float
+    cached: bool = False  # the per-model cache already held it: nothing was measured
 
 
 class QuantizeService:
-    def __init__(self, *, models: Callable[[], list[ModelInfo]], hardware: Callable[[], Hardware], default_prefs: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, *, models: Callable[[], list[ModelInfo]], hardware: Callable[[], Hardware], default_prefs: Callable[[], dict[str, Any]],
+                 measurements: MeasurementStore | None = None) -> None:
         self._models = models
         self._hardware = hardware
         self._default_prefs = default_prefs
         self._running = threading.Lock()  # one quantization at a time: each wants the whole machine
+        self._measurements = measurements  # where evaluations keep their figures (default: the user's store)
+
+    @property
+    def measurements(self) -> MeasurementStore:
+        if self._measurements is None:
+            from app.runtime.hardware import this_machine
+            from app.runtime.measurements import FileMeasurementStore
+
+            self._measurements = FileMeasurementStore.default(this_machine)
+        return self._measurements
 
     def methods(self) -> list[MethodSpec[Any, Any]]:
         """Quantizing runs child processes for minutes: a job of its own, cancelled by killing them."""
@@ -81,6 +117,8 @@ class QuantizeService:
             MethodSpec(Method.QUANTIZE_TARGETS.value, QuantizeTargetsParams, QuantizeTargetsResult, Mode.BACKGROUND, self.targets),
             MethodSpec(Method.QUANTIZE_RUN.value, QuantizeRunParams, QuantizeRunResult, Mode.BACKGROUND, self.run,
                        doc="cancel removes every partial output"),
+            MethodSpec(Method.QUANTIZE_IMATRIX.value, QuantizeImatrixParams, QuantizeImatrixResult, Mode.BACKGROUND, self.imatrix,
+                       doc="a child job; cancel kills it and leaves no file"),
         ]
 
     def _source(self, ref: str) -> Path:
@@ -96,28 +134,36 @@ class QuantizeService:
         return int(value) if isinstance(value, int) and value > 0 else None
 
     def targets(self, params: QuantizeTargetsParams, ctx: JobContext) -> QuantizeTargetsResult:
-        """Every target with its expected size, and the one the planner would run here."""
-        from app.runtime.planner import Variant, choose_variant
+        """Every target with its expected size and how it would be made, and the one recommended
+        here: the smallest that fits and keeps the mean KL within the limit (this model's own
+        evaluation when one has run, else the table by size)."""
         from app.runtime.quantize import safety
+        from app.runtime.quantize.pipeline import imatrix_mode, uses_imatrix
+        from app.runtime.quantize.recommend import Offer, measured_kl, recommend_here
 
         source = safety.inspect_source(self._source(params.model))
+        mode, _ = imatrix_mode(params.imatrix)
         rows = []
         for t in registry.TARGETS.values():
             row = t.to_dict()
             row["expected_size"] = registry.estimate_size(t, source.tensors)
             row["common"] = t.name in registry.COMMON
+            row["imatrix"] = uses_imatrix(t, mode)
+            row["available"] = not t.needs_imatrix or row["imatrix"]  # llama.cpp refuses these without one
             rows.append(row)
         recommended: dict[str, Any] | None = None
         reason = ""
-        candidates = [r for r in rows if r["kind"] == "gguf" and not r["needs_imatrix"] and r["name"] not in ("BF16", "TQ1_0", "TQ2_0", "MXFP4_MOE")]
+        candidates = [r for r in rows if r["kind"] == "gguf" and r["available"] and r["name"] not in ("BF16", "TQ1_0", "TQ2_0", "MXFP4_MOE")]
         info = source.info or _info_from(source)
         if info is not None:
-            try:
-                choice = choose_variant([Variant(r["name"], r["expected_size"]) for r in candidates], info, self._hardware(), self._context())
-                recommended = {"name": choice.value["name"], "expected_size": choice.value["file_size"], "fit": choice.value["fit"], "context_length": choice.value["context_length"]}
-                reason = choice.reason
-            except RuntimeFailure as exc:
-                reason = exc.message
+            evaluation = measured_kl(self.measurements, source.path, source.size, {r["name"]: r["imatrix"] for r in candidates})
+            choice = recommend_here([Offer(r["name"], r["expected_size"], r["imatrix"]) for r in candidates], info, self._hardware(), self._context(),
+                                    evaluation=evaluation)
+            reason = choice.reason
+            if choice.value is not None:
+                recommended = {"name": choice.value["name"], "expected_size": choice.value["file_size"], "fit": choice.value["fit"],
+                               "context_length": choice.value["context_length"], "kl_mean": choice.value["kl_mean"],
+                               "kl_source": choice.value["kl_source"], "imatrix": any(r["imatrix"] for r in candidates if r["name"] == choice.value["name"])}
         return QuantizeTargetsResult(
             source={"path": str(source.path), "kind": source.kind, "name": source.name, "file_type": source.file_type, "file_size": source.size},
             warnings=list(source.warnings),
@@ -126,6 +172,31 @@ class QuantizeService:
             recommended_reason=reason,
         )
 
+    def imatrix(self, params: QuantizeImatrixParams, ctx: JobContext) -> QuantizeImatrixResult:
+        """Hearth's importance matrix of a model, in a child process (`hearth imatrix`)."""
+        from app.runtime.quantize import imatrix as im
+
+        if params.chunks is not None and params.chunks < 1:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'chunks' must be a whole number of at least 1")
+        source = self._source(params.model)
+        if params.data and not Path(params.data).expanduser().is_file():
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"There is no calibration text at {params.data}.")
+        data = str(Path(params.data).expanduser()) if params.data else None
+        if params.out is None:
+            cached = im.cached_path(source, data=data, chunks=params.chunks)
+            if cached.is_file():
+                from app.runtime.quantize.imatrix_file import read_imatrix
+
+                held = read_imatrix(cached)
+                return QuantizeImatrixResult(str(cached), len(held.entries), held.chunk_count, held.chunk_count * held.chunk_size,
+                                             (held.datasets or [""])[0], 0.0, cached=True)
+            out = cached
+        else:
+            out = Path(params.out).expanduser()
+        result = im.compute_imatrix(source, out, data=data, chunks=params.chunks, ctx=ctx)
+        return QuantizeImatrixResult(str(result["out"]), int(result["entries"]), int(result["chunks"]), int(result["tokens"]),
+                                     str(result["dataset"]), float(result["seconds"]))
+
     def run(self, params: QuantizeRunParams, ctx: JobContext) -> QuantizeRunResult:
         from app.runtime.quantize import pipeline
 
@@ -133,6 +204,8 @@ class QuantizeService:
         eval_tokens, output_dir, imatrix = params.eval_tokens, params.output_dir, params.imatrix
         if eval_tokens is not None and eval_tokens < 64:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'eval_tokens' must be a whole number of at least 64")
+        if params.calibration_chunks is not None and params.calibration_chunks < 1:
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "'calibration_chunks' must be a whole number of at least 1")
         if not self._running.acquire(blocking=False):
             raise RuntimeFailure(ErrorKind.BUSY, "Another quantization is running; wait for it to finish or cancel it.")
         try:
@@ -143,9 +216,13 @@ class QuantizeService:
                 evaluate=params.evaluate,
                 state=ctx,
                 eval_tokens=eval_tokens,
-                imatrix=Path(imatrix) if imatrix else None,
+                imatrix=imatrix,
+                calibration=params.calibration,
+                calibration_chunks=params.calibration_chunks,
+                torch_method=params.torch_method,
                 hardware=self._hardware(),
                 context_length=self._context(),
+                measurements=self.measurements,
             )
         finally:
             self._running.release()

@@ -86,3 +86,31 @@ def test_split_is_seeded_and_keeps_a_validation_example() -> None:
     assert len(val) == 3 and len(train) == 27
     assert data.split(examples, validation_fraction=0.1, seed=3) == (train, val)
     assert not {e.line for e in train} & {e.line for e in val}
+
+
+def test_an_over_long_row_is_reported_by_line_and_skipped_without_being_held(tmp_path: Path) -> None:
+    import tracemalloc
+
+    good = json.dumps({"text": "short and sweet"})
+    path = tmp_path / "long.jsonl"
+    with path.open("wb") as f:  # an 8 MiB single-line row between two good ones
+        f.write(good.encode() + b"\n" + b'{"text": "' + b"word " * (8 * 2**20 // 5) + b'"}\n' + good.encode() + b"\n")
+    tracemalloc.start()
+    try:
+        report = data.read(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * data.MAX_ROW_BYTES  # never the whole line (nor the whole file) at once
+    assert [e.line for e in report.examples] == [1, 3] and report.rows == 3
+    [issue] = report.issues
+    assert issue.line == 2 and "8.0 MiB long" in issue.reason and "1.0 MiB one example may hold" in issue.reason
+
+
+def test_json_rows_are_held_to_the_same_limit_and_lone_surrogates_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"text": "x" * 2000}, {"text": "bad \ud800 text"}, {"text": "fine"}], indent=1), encoding="utf-8")
+    report = data.read(path, max_row_bytes=1000)
+    assert [e.text for e in report.examples] == ["fine"]
+    reasons = [i.reason for i in report.issues]
+    assert "2 KiB of text, more than the 1000 bytes" in reasons[0] and "lone surrogate (\\ud800)" in reasons[1]

@@ -241,3 +241,36 @@ def test_compute_imatrix_is_a_child_job_that_cancels_cleanly(smollm2_hf: Path, t
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
     assert any(e["stage"] == "imatrix" and e.get("done") == 1 and e.get("unit") == "chunks" for e in state.events)
     assert len(load_imatrix(out)) == 210
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # may be the first to need the shared pipeline run
+def test_hearth_imatrix_then_quantize_with_it(smollm2_hf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hearth imatrix` (the quantize.imatrix method, a child job) writes a file that
+    `hearth quantize --imatrix FILE` hands llama.cpp; the report says which result used it."""
+    import importlib.util
+    import json
+    import sys
+
+    from app.cli import main
+
+    out = tmp_path / "smollm2.imatrix.gguf"
+    assert main(["imatrix", str(smollm2_hf), "--chunks", "1", "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["out"] == str(out) and result["entries"] == 210 and result["tokens"] == im.CHUNK_SIZE and not result["cached"]
+    assert read_imatrix(out).chunk_count == 1 and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert main(["imatrix", str(smollm2_hf), "--data", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.gguf")]) == 1
+    assert "no calibration text" in capsys.readouterr().err
+
+    if "quantize_fixture" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("quantize_fixture", Path(__file__).with_name("quantize_fixture.py"))
+        assert spec is not None and spec.loader is not None
+        sys.modules["quantize_fixture"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["quantize_fixture"])
+    f16 = sys.modules["quantize_fixture"].f16_gguf(smollm2_hf)
+    results = tmp_path / "results"
+    assert main(["quantize", str(f16), "--to", "Q4_K_M,Q8_0", "--imatrix", str(out), "--output", str(results)]) == 0
+    text = capsys.readouterr().out
+    assert "MADE BY" in text and "llama.cpp + imatrix" in text and f"Importance matrix (given): {out}" in text
+    assert main(["quantize", str(f16), "--to", "IQ2_XS", "--imatrix", "none", "--output", str(results)]) == 1
+    assert "IQ2_XS needs an importance matrix" in capsys.readouterr().err

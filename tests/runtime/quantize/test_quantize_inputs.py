@@ -36,7 +36,7 @@ qf = _fixture_module()
 
 def _fails(source: Path, out: Path, kind: ErrorKind, words: str, targets: list[str] | None = None) -> RuntimeFailure:
     with pytest.raises(RuntimeFailure) as caught:
-        pipeline.run(source, targets or ["Q8_0"], output_dir=out, evaluate=False, state=qf.Recorder())
+        pipeline.run(source, targets or ["Q8_0"], output_dir=out, evaluate=False, state=qf.Recorder(), imatrix="none")
     assert caught.value.kind is kind, caught.value.message
     assert words in caught.value.message, caught.value.message
     assert not out.exists() or list(out.iterdir()) == [], "something was left in the output folder"
@@ -83,7 +83,11 @@ def test_folder_without_config(tmp_path: Path) -> None:
 
 def test_unknown_target_and_imatrix_types(model_path: Path, tmp_path: Path) -> None:
     _fails(model_path, tmp_path / "out", ErrorKind.INVALID_PARAMS, "Unknown quantization target", ["Q9_X"])
-    _fails(model_path, tmp_path / "out", ErrorKind.INVALID_PARAMS, "importance matrix", ["IQ2_XS"])
+    _fails(model_path, tmp_path / "out", ErrorKind.INVALID_PARAMS, "IQ2_XS needs an importance matrix", ["IQ2_XS"])  # with imatrix none
+    with pytest.raises(RuntimeFailure, match="There is no importance matrix file"):
+        pipeline.run(model_path, ["Q4_K_M"], output_dir=tmp_path / "out", evaluate=False, state=qf.Recorder(), imatrix=str(tmp_path / "missing.gguf"))
+    with pytest.raises(RuntimeFailure, match="Unknown torch quantization method"):
+        pipeline.run(model_path, ["int8"], output_dir=tmp_path / "out", evaluate=False, state=qf.Recorder(), torch_method="awq")
 
 
 def test_quantized_source_is_allowed_with_a_warning(model_path: Path) -> None:
@@ -115,7 +119,7 @@ def test_cancel_or_pause_mid_quantize_leaves_nothing(model_path: Path, tmp_path:
     out = tmp_path / "out"
     state = qf.Recorder(cancel_when=lambda e: e["stage"] == "quantize" and (e.get("done") or 0) >= 20, pause=pause)
     with pytest.raises(JobStopped) as caught:
-        pipeline.run(model_path, ["Q8_0", "Q4_K_M"], output_dir=out, evaluate=False, state=state)
+        pipeline.run(model_path, ["Q8_0", "Q4_K_M"], output_dir=out, evaluate=False, state=state, imatrix="none")
     assert caught.value.status is JobStatus.CANCELLED
     assert "nothing was added to the library" in caught.value.message
     seen = [e for e in state.events if e["stage"] == "quantize" and e.get("done")]

@@ -4,6 +4,7 @@ measured against F16; each result loads and chats; torch int8 against the fp32 s
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,41 @@ def test_quality_sizes_and_kl(run: tuple[dict[str, Any], Path, Any]) -> None:
     assert all(r["decode_tps"] > 0 for r in (f16, q8, q4))
     for row in (f16, q8, q4):  # the estimate the wizard shows is in the right neighbourhood
         assert 0.75 < row["expected_size"] / row["file_size"] < 1.25, row
-    # the planner's pick among what was made, with its reason
-    assert report["recommended"] in ("F16", "Q8_0", "Q4_K_M") and report["recommended_reason"]
+    # the pick among what was made, judged from this run's own measurements, with its reason
+    assert report["recommended"] in ("F16", "Q8_0", "Q4_K_M") and "measured on this model" in report["recommended_reason"]
     assert sum(bool(r.get("recommended")) for r in report["results"]) == 1
+    chosen = _row(report, report["recommended"])
+    assert chosen["kl_mean"] <= 0.01 and all(r["file_size"] >= chosen["file_size"] for r in (f16, q8, q4) if r["kl_mean"] <= 0.01)
+
+
+@pytest.mark.slow
+def test_each_row_says_how_it_was_made(run: tuple[dict[str, Any], Path, Any]) -> None:
+    report, _, state = run
+    f16, q8, q4 = (_row(report, t) for t in ("F16", "Q8_0", "Q4_K_M"))
+    # auto: an importance matrix for the types of 4 bits or less only
+    assert (f16["imatrix"], q8["imatrix"], q4["imatrix"]) == (False, False, True)
+    assert {r["algorithm"] for r in (f16, q8, q4)} == {"llama.cpp"}
+    imatrix = report["imatrix"]
+    assert imatrix["made"] == "measured" and imatrix["chunks"] == qf.CALIBRATION_CHUNKS and Path(imatrix["path"]).is_file()
+    assert any(e["stage"] == "imatrix" and e.get("unit") == "chunks" for e in state.events)  # the child job's progress
+    assert any("Measuring the importance matrix" in str(e.get("step_title")) for e in state.events)
+    assert any("importance matrix data with 210 entries" in line or "importance matrix with 210 entries" in line for line in state.logs), state.logs[-5:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_types_that_need_an_imatrix_exist_only_with_one(run: tuple[dict[str, Any], Path, Any], smollm2_hf: Path, tmp_path: Path) -> None:
+    from app.runtime.protocol import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure, match="IQ2_XS needs an importance matrix"):
+        pipeline.run(smollm2_hf, ["IQ2_XS"], output_dir=tmp_path, evaluate=False, state=qf.Recorder(), imatrix="none")
+    assert list(tmp_path.iterdir()) == []
+    state = qf.Recorder()
+    report = pipeline.run(smollm2_hf, ["IQ2_XS"], output_dir=tmp_path, evaluate=False, state=state, imatrix="auto",
+                          calibration_chunks=qf.CALIBRATION_CHUNKS)
+    (row,) = report["results"]
+    assert row["imatrix"] and Path(row["path"]).is_file() and report["imatrix"]["made"] == "cached"  # the session run's matrix, reused
+    assert not any(e["stage"] == "imatrix" for e in state.events)
 
 
 @pytest.mark.slow
@@ -111,11 +144,15 @@ def test_torch_int8_within_two_percent(smollm2_hf: Path, tmp_path: Path) -> None
     from app.runtime.quantize import torch_quant
 
     state = qf.Recorder()
-    report = pipeline.run(smollm2_hf, ["int8"], output_dir=tmp_path, evaluate=True, state=state, eval_tokens=400)
+    report = pipeline.run(smollm2_hf, ["int8"], output_dir=tmp_path, evaluate=True, state=state, eval_tokens=400, calibration_chunks=1)
     row = _row(report, "int8")
     assert row["kind"] == "torch" and abs(row["ppl_change_pct"]) < 2.0, row
+    assert row["algorithm"] == "gptq" and row["imatrix"] is False  # GPTQ is the torch targets' default
+    assert any(e["stage"] == "gptq" and e.get("unit") == "layers" for e in state.events)
+    assert report["recommended"] == "int8" and "int8" in report["recommended_reason"]  # the only result, judged by its measured KL
     assert row["kl_mean"] > 0 and row["decode_tps"] > 0
     folder = Path(row["path"])
     assert folder.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [folder.name]
     assert torch_quant.read_scheme(folder).name == "int8"  # the scheme is in the metadata
+    assert json.loads((folder / "config.json").read_text())["hearth_quantization"]["algorithm"] == "gptq"
     assert (folder / "tokenizer.json").is_file()

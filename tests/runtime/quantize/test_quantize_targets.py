@@ -69,14 +69,16 @@ def test_expected_sizes_in_quality_order(model_path: Path) -> None:
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 250 * 2**20
 
 
-def _service() -> Any:
+def _service(measurements: Any = None) -> Any:
     from app.runtime import library
+    from app.runtime.measurements import Machine, MemoryMeasurementStore
     from app.runtime.services.quantize import QuantizeService
 
     return QuantizeService(
         models=lambda: library.scan([], hf_cache=False),
         hardware=lambda: load_profile("rtx3060-12gb"),
         default_prefs=lambda: {"context_length": 4096},
+        measurements=measurements or MemoryMeasurementStore(Machine.of(load_profile("rtx3060-12gb"))),
     )
 
 
@@ -84,9 +86,36 @@ def test_service_targets_recommend_for_the_machine(model_path: Path) -> None:
     listing = encode_result(_service().targets(QuantizeTargetsParams(model="smollm2-135m-instruct-q4_1"), JobContext.detached()))
     names = [t["name"] for t in listing["targets"]]
     assert {"Q8_0", "Q4_K_M", "int8"} <= set(names)
-    # on a 12 GB GPU a 135M model fits whole in any type: the best quality wins (Q8_0 counts as lossless)
-    assert listing["recommended"]["name"] == "Q8_0" and "GPU" in listing["recommended_reason"]
+    assert len(names) == len(set(names))  # each type once
+    # a 135M model fits a 12 GB GPU in any type; by the table a 135M model keeps the KL limit down
+    # to 6 bits (it loses far more at 4 bits than a 70B model), so Q6_K, not the largest
+    rec = listing["recommended"]
+    assert rec["name"] == "Q6_K" and rec["kl_source"] == "table" and rec["fit"] == "gpu"
+    reason = listing["recommended_reason"]
+    assert "GPU" in reason and "not measured on this one" in reason and "135M parameters" in reason
+    assert reason.count("entirely on the GPU") == 2 and "Q8_0 (" not in reason  # the others named once, grouped by where they run
     assert listing["warnings"] and "already quantized" in listing["warnings"][0]
+    by_name = {t["name"]: t for t in listing["targets"]}
+    # auto: an importance matrix for the types of 4 bits or less, and the types that need one are offered
+    assert by_name["Q4_K_M"]["imatrix"] and not by_name["Q6_K"]["imatrix"] and not by_name["int4-g64"]["imatrix"]
+    assert by_name["IQ2_XS"]["available"] and by_name["IQ2_XS"]["imatrix"]
+    plain = encode_result(_service().targets(QuantizeTargetsParams(model="smollm2-135m-instruct-q4_1", imatrix="none"), JobContext.detached()))
+    by_name = {t["name"]: t for t in plain["targets"]}
+    assert not by_name["IQ2_XS"]["available"] and not by_name["Q4_K_M"]["imatrix"] and by_name["Q2_K"]["available"]
+
+
+def test_a_measured_evaluation_beats_the_table(model_path: Path) -> None:
+    from app.runtime.measurements import Machine, MemoryMeasurementStore
+    from app.runtime.quantize.recommend import remember
+
+    store = MemoryMeasurementStore(Machine.of(load_profile("rtx3060-12gb")))
+    remember(store, model_path, model_path.stat().st_size, [
+        {"target": "Q4_K_M", "kind": "gguf", "imatrix": True, "algorithm": "llama.cpp", "kl_mean": 0.008},
+        {"target": "Q3_K_S", "kind": "gguf", "imatrix": False, "algorithm": "llama.cpp", "kl_mean": 0.001},  # made without: not how auto makes it
+    ])
+    listing = encode_result(_service(store).targets(QuantizeTargetsParams(model="smollm2-135m-instruct-q4_1"), JobContext.detached()))
+    assert listing["recommended"]["name"] == "Q4_K_M" and listing["recommended"]["kl_source"] == "measured"
+    assert listing["recommended"]["imatrix"] and "measured on this model: 0.0080" in listing["recommended_reason"]
 
 
 @pytest.mark.slow

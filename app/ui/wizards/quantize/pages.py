@@ -107,32 +107,46 @@ class TargetsPage(_Page):
         self.reason.setWordWrap(True)
         self.list = QListWidget(self)
         self.list.setEnabled(False)
+        self.imatrix = QCheckBox("Use an importance matrix for the types of 4 bits or less: measured once per model on "
+                                 "sample text, it keeps them closer to the original (and the 1- and 2-bit types need it)", self)
+        self.imatrix.setChecked(True)
         self.evaluate = QCheckBox("Measure quality and speed against the original (perplexity, KL divergence, tokens/s)", self)
         self.evaluate.setChecked(True)
         self.warnings = QLabel("", self)
         self.warnings.setWordWrap(True)
         self.warnings.setStyleSheet("color: #b05a00")
         layout = QVBoxLayout(self)
-        for w in (self.recommended, self.reason, self.several, self.list, self.evaluate, self.warnings):
+        for w in (self.recommended, self.reason, self.several, self.list, self.imatrix, self.evaluate, self.warnings):
             layout.addWidget(w)
         self._listing: dict[str, Any] | None = None
         self.several.toggled.connect(self.list.setEnabled)
         self.several.toggled.connect(lambda *_: self.completeChanged.emit())
         self.list.itemChanged.connect(lambda *_: self.completeChanged.emit())
+        self.imatrix.toggled.connect(lambda *_: self._ask())  # which types are offered, and the pick, depend on it
 
     def initializePage(self) -> None:
+        self._ask()
+
+    def imatrix_mode(self) -> str:
+        return "auto" if self.imatrix.isChecked() else "none"
+
+    def _ask(self) -> None:
         wiz = self.wiz()
+        checked = set(self.chosen()) if self.several.isChecked() else set()
         self._listing = None
         self.list.clear()
         self.reason.setText("Asking the planner…")
         assert wiz.model is not None
-        self.run(Method.QUANTIZE_TARGETS, {"model": wiz.model["path"]}).on_success(self._on_targets).on_failure(self._on_failed)
+        (self.run(Method.QUANTIZE_TARGETS, {"model": wiz.model["path"], "imatrix": self.imatrix_mode()})
+         .on_success(lambda result: self._on_targets(result, checked)).on_failure(self._on_failed))
 
-    def _on_targets(self, result: dict[str, Any]) -> None:
+    def _on_targets(self, result: dict[str, Any], checked: set[str] | None = None) -> None:
         self._listing = result
         rec = result.get("recommended")
         if rec:
-            self.recommended.setText(f"Recommended for this computer: {rec['name']} (about {fmt_bytes(rec['expected_size'])})")
+            self.recommended.setEnabled(True)
+            how = ", with an importance matrix" if rec.get("imatrix") else ""
+            self.recommended.setText(f"Recommended for this computer: {rec['name']} (about {fmt_bytes(rec['expected_size'])}{how})")
             self.reason.setText(str(result.get("recommended_reason", "")))
         else:
             self.recommended.setEnabled(False)
@@ -140,15 +154,15 @@ class TargetsPage(_Page):
             self.reason.setText(str(result.get("recommended_reason") or "The planner has no recommendation for this model."))
         rows = sorted(result.get("targets", []), key=lambda t: (not t.get("common"), t["kind"] != "gguf"))
         for t in rows:
-            text = f"{t['name']} — about {fmt_bytes(t['expected_size'])} — {t['description']}"
+            text = f"{t['name']} — about {fmt_bytes(t['expected_size'])} — {t['description']}" + (" · importance matrix" if t.get("imatrix") else "")
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, t["name"])
             flags = item.flags() | Qt.ItemFlag.ItemIsUserCheckable
-            if t.get("needs_imatrix"):
+            if not t.get("available", not t.get("needs_imatrix")):
                 flags &= ~Qt.ItemFlag.ItemIsEnabled
-                item.setToolTip("Needs an importance matrix (use `hearth quantize --imatrix`).")
+                item.setToolTip("llama.cpp makes this type only with an importance matrix: tick the box below.")
             item.setFlags(flags)
-            item.setCheckState(Qt.CheckState.Unchecked)
+            item.setCheckState(Qt.CheckState.Checked if checked and t["name"] in checked and flags & Qt.ItemFlag.ItemIsEnabled else Qt.CheckState.Unchecked)
             self.list.addItem(item)
         self.warnings.setText("\n".join(result.get("warnings", [])))
         self.completeChanged.emit()
@@ -182,6 +196,7 @@ class TargetsPage(_Page):
     def validatePage(self) -> bool:
         self.wiz().targets = self.chosen()
         self.wiz().evaluate = self.evaluate.isChecked()
+        self.wiz().imatrix = self.imatrix_mode()
         return True
 
 
@@ -215,7 +230,9 @@ class RunPage(_Page):
         self.current.setValue(0)
         self.cancel_button.setEnabled(True)
         assert wiz.model is not None
-        params: dict[str, Any] = {"model": wiz.model["path"], "targets": list(wiz.targets), "evaluate": wiz.evaluate}
+        params: dict[str, Any] = {"model": wiz.model["path"], "targets": list(wiz.targets), "evaluate": wiz.evaluate, "imatrix": wiz.imatrix}
+        if wiz.calibration_chunks:
+            params["calibration_chunks"] = wiz.calibration_chunks
         if wiz.eval_tokens:
             params["eval_tokens"] = wiz.eval_tokens
         (self.run(Method.QUANTIZE_RUN, params)
@@ -311,6 +328,10 @@ class ResultsPage(_Page):
         best = self.results.recommended_row()
         self.table.selectRow(best if best is not None else self.results.rowCount() - 1)
         why = report.get("recommended_reason", "")
+        imatrix = report.get("imatrix")
+        if imatrix:
+            made = {"measured": "measured for this run", "cached": "measured earlier, reused", "given": "your file"}.get(str(imatrix.get("made")), "")
+            why += f"\nImportance matrix ({made}): {imatrix.get('path')}. The “Made with” column says which results used it."
         self.reason.setText(("\n".join(report.get("warnings", [])) + "\n" if report.get("warnings") else "") + why)
         self._draw()
 

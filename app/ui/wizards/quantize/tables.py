@@ -21,6 +21,16 @@ def _num(value: Any, fmt: str, suffix: str = "") -> str:
     return format(value, fmt) + suffix if isinstance(value, (int, float)) else "–"
 
 
+def made_with(row: dict[str, Any]) -> str:
+    """How a result was made, as the report says: llama.cpp with or without Hearth's importance
+    matrix, GPTQ or rounding for the torch schemes; nothing for the source."""
+    if row.get("is_source") or "algorithm" not in row:
+        return ""
+    if row.get("kind") == "torch":
+        return "GPTQ" if row.get("algorithm") == "gptq" else "round to nearest"
+    return "importance matrix" if row.get("imatrix") else "plain"
+
+
 class LibraryModel(RowsModel):
     columns = (
         ("Model", lambda r: str(r.get("name", ""))),
@@ -38,6 +48,7 @@ class ResultsModel(RowsModel):
 
     columns = (
         ("Variant", lambda r: ("★ " if r.get("recommended") else "") + str(r.get("target", ""))),
+        ("Made with", lambda r: made_with(r)),
         ("Size", lambda r: fmt_bytes(r.get("file_size"))),
         ("Perplexity", lambda r: _num(r.get("perplexity"), ".2f")),
         ("Change", lambda r: _num(r.get("ppl_change_pct"), "+.2f", " %")),

@@ -29,6 +29,8 @@ class QuantizeWizard(QWizard):
         self.model: dict[str, Any] | None = None
         self.targets: list[str] = []
         self.evaluate = True
+        self.imatrix = "auto"  # "auto" (Hearth's importance matrix for the types of 4 bits or less) or "none"
+        self.calibration_chunks: int | None = None  # calibration chunks (None: the runtime's defaults); tests use fewer
         self.report: dict[str, Any] | None = None
         self.pick_page = PickModelPage()
         self.targets_page = TargetsPage()
