@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -64,6 +65,14 @@ class Settings:
     # Remote OpenAI-compatible engines: [{"name": ..., "url": ..., "api_key": ...}]
     remote_endpoints: list[dict[str, Any]] = field(default_factory=list)
     docs_max_file_mb: int = 64  # document collections: a bigger file is named in the report and skipped
+    # The model that embeds documents for search: "" = the library's first embedding model (none:
+    # keyword search only); a library id or name chooses one, a chat model only when named here.
+    docs_embedder: str = ""
+    # MCP servers whose tools chats may use: flat entries {"name", "command", "args", "env"} or
+    # {"name", "url", "headers"}, plus "confirmed" (a person saw the command); app.runtime.mcp.config
+    mcp_servers: list[dict[str, Any]] = field(default_factory=list)
+    # Speculative decoding for chats that do not choose their own: "auto" | "off" | "lookup" | "draft:MODEL"
+    speculate: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @classmethod
@@ -96,6 +105,11 @@ class Settings:
         shown["remote_endpoints"] = [
             {k: (SECRET_MASK if k == "api_key" and v else v) for k, v in e.items()} if isinstance(e, dict) else e
             for e in self.remote_endpoints
+        ]
+        shown["mcp_servers"] = [  # env values and headers hold tokens
+            {k: ({n: SECRET_MASK for n in v} if k in ("env", "headers") and isinstance(v, dict) else v) for k, v in e.items()}
+            if isinstance(e, dict) else e
+            for e in self.mcp_servers
         ]
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
@@ -166,12 +180,33 @@ def _endpoints(value: Any) -> str | None:
     return None
 
 
+def _mcp_servers(value: Any) -> str | None:
+    from app.runtime.mcp.config import entry_problem  # pure data, no SDK
+
+    if not isinstance(value, list):
+        return "must be a list of MCP servers"
+    names = [e.get("name") for e in value if isinstance(e, dict)]
+    for entry in value:
+        problem = entry_problem(entry)
+        if problem is not None:
+            return f"must be a list of MCP servers ({problem})"
+    if len(set(names)) != len(names):
+        return "must name each MCP server once"
+    return None
+
+
+def _speculate(value: Any) -> str | None:
+    ok = isinstance(value, str) and (value in ("auto", "off", "lookup") or (value.startswith("draft:") and len(value) > len("draft:")))
+    return None if ok else "must be auto, off, lookup or draft:MODEL"
+
+
 def _flag(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
 THEMES = ("system", "light", "dark")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_WEB_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?$")
 
 # One check per field: None if the value is usable, else what it must be.
 FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -192,6 +227,9 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "server_max_tokens": _int_in(1, 10_000_000),
     "remote_endpoints": _endpoints,
     "docs_max_file_mb": _int_in(1, 1_000_000),
+    "docs_embedder": _text(),
+    "mcp_servers": _mcp_servers,
+    "speculate": _speculate,
 }
 
 
@@ -288,9 +326,9 @@ def validate(settings: Settings) -> list[str]:
             f"The server listens on {settings.server_host}, which other computers can reach: set an API key, "
             "or use 127.0.0.1 to keep it on this computer."
         )
-    for origin in settings.server_cors_origins:
-        if origin != "*" and not origin.startswith(("http://", "https://")):
-            problems.append(f"CORS origin {origin!r} must start with http:// or https:// (or be *).")
+    for origin in settings.server_cors_origins:  # the server refuses anything else at start (app.server.config.ORIGIN)
+        if not _WEB_ORIGIN.match(origin):
+            problems.append(f"CORS origin {origin!r} must be http(s)://host or http(s)://host:port, with no path and no wildcard.")
     if settings.server_queue_limit < 1:
         problems.append("The server's queue limit must be at least 1.")
     if settings.server_max_tokens < 1:

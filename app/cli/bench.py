@@ -14,7 +14,7 @@ from typing import Any
 from app.cli.runner import EXIT_OK, EXIT_USAGE, Session
 
 # The suites are app.runtime.bench_suites.SUITES, imported only when one runs.
-BENCH_SUITES = ("runtime", "kv", "kernels", "docs")
+BENCH_SUITES = ("runtime", "kv", "kernels", "docs", "spec", "abuse", "tools")
 
 
 def add_parser(sub: Any) -> None:
@@ -22,7 +22,10 @@ def add_parser(sub: Any) -> None:
     bench.add_argument(
         "suite", nargs="?", default="runtime", choices=BENCH_SUITES,
         help="runtime: the chat engine (default); kv: KV-cache policies and torch decode; kernels: the bundled kernels; "
-             "docs: document retrieval (recall@5, indexing MB/s, query ms)",
+             "docs: document retrieval (recall@5, indexing MB/s, query ms); "
+             "spec: speculative decoding off/on in interleaved pairs (--runs pairs); "
+             "abuse: the API server against bad requests (status, answer time, the next request's wait, memory); "
+             "tools: forced tool calls over the committed schemas (valid share, grammar ms per token and at the first token)",
     )
     bench.add_argument("--list", dest="list_measurements", action="store_true",
                        help="list the saved measurements (kind, key, value, machine, date, current or stale) instead of measuring")

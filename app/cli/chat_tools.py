@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.cli.console import ANSWER_CHARS, read_line
 from app.cli.runner import EXIT_FAILED, EXIT_OK, Session, UsageError
 from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace, session: Session, messages: list[dict[str, Any
     if not _confirm_servers(args, session, servers):
         return EXIT_FAILED
     config = [s.with_confirmed(True).to_entry() for s in servers]
-    offered = session.run("mcp.tools", {"config": config}, progress=session.console.err_is_tty)
+    offered = session.run(Method.MCP_TOOLS, {"config": config}, progress=session.console.err_is_tty)
     for name, problem in offered.get("problems", {}).items():
         session.console.say(f"hearth: MCP server {name!r}: {problem} (its tools are left out)")
     tools, functions = offered["tools"], offered["functions"]
@@ -81,7 +82,7 @@ def _servers(path: Path) -> list[Any]:
 def _ask(session: Session, question: str) -> str:
     session.console.err.write(question)
     session.console.err.flush()
-    return sys.stdin.readline().strip().lower()
+    return read_line(sys.stdin, limit=ANSWER_CHARS).strip().lower()  # bounded, as every read of input
 
 
 def _confirm_servers(args: argparse.Namespace, session: Session, servers: list[Any]) -> bool:
@@ -159,7 +160,7 @@ def _run_call(args: argparse.Namespace, session: Session, call: dict[str, Any], 
         if not isinstance(parsed, dict):
             text, is_error = f"The arguments of {name} are not a JSON object: {arguments}", True
         else:
-            done = session.run("mcp.call", {"server": target["server"], "tool": target["tool"], "arguments": parsed,
+            done = session.run(Method.MCP_CALL, {"server": target["server"], "tool": target["tool"], "arguments": parsed,
                                             "config": config}, progress=session.console.err_is_tty)
             text, is_error = str(done["text"]), bool(done["is_error"])
     shown = text if len(text) <= 2000 else text[:2000] + f"… ({len(text):,} characters)"

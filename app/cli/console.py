@@ -24,6 +24,10 @@ from typing import IO, Any
 
 LOG_FILE = "cli.log"
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"
+# The longest line of input a command reads (a chat turn): 4 Mi characters are about a million
+# tokens, more than any model's context, so nothing a model could take is refused.
+MAX_INPUT_CHARS = 4 * 2**20
+ANSWER_CHARS = 1024  # the longest answer to a question (y/N)
 
 
 @dataclass
@@ -104,6 +108,19 @@ def open_console(*, verbose: bool) -> Console:
 
         console._restore.append(undo_stderr)
     return console
+
+
+def read_line(stream: IO[str], *, limit: int = MAX_INPUT_CHARS) -> str:
+    """One line of input (with its newline; "" at the end), never more than ``limit`` characters:
+    a longer line (``hearth chat < /dev/zero``) is refused with the limit stated, after reading
+    only ``limit`` + 1 characters of it."""
+    line = stream.readline(limit + 1)
+    if len(line) > limit and not line.endswith("\n"):
+        from app.runtime.protocol import ErrorKind, RuntimeFailure
+
+        why = " (more than any model's context holds)" if limit >= MAX_INPUT_CHARS else ""
+        raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"a line of input is longer than {limit:,} characters{why}; nothing was sent")
+    return line
 
 
 def decode_argv(argv: list[str]) -> list[str]:

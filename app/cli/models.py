@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from app.cli.console import ANSWER_CHARS, read_line
 from app.cli.progress import fmt_bytes
 from app.cli.runner import EXIT_FAILED, EXIT_OK, Session
 from app.runtime.protocol import Method
@@ -87,10 +89,13 @@ def run_pull(args: argparse.Namespace, session: Session) -> int:
 def run_rm(args: argparse.Namespace, session: Session) -> int:
     if not args.yes:
         model = session.call(Method.MODELS_DETAILS, {"model": args.name})["model"]
-        try:
-            answer = input(f"Delete {model['name']} ({fmt_bytes(model['file_size'])}) at {model['path']}? [y/N] ")
-        except EOFError:
-            answer = ""
+        if model.get("source") == "embedded":  # refused before the question, not after the person said yes
+            session.console.fail(f"{model['name']} is Hearth's embedded model; it cannot be deleted.")
+            return EXIT_FAILED
+        out = session.console.out
+        out.write(f"Delete {model['name']} ({fmt_bytes(model['file_size'])}) at {model['path']}? [y/N] ")
+        out.flush()
+        answer = read_line(sys.stdin, limit=ANSWER_CHARS)  # bounded ("" at the end of input: no)
         if answer.strip().lower() not in ("y", "yes"):
             session.console.say("Nothing deleted (pass --yes to delete without asking).")
             return EXIT_FAILED

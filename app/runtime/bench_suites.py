@@ -74,4 +74,27 @@ def docs(args: Any, measurements: MeasurementStore) -> dict[str, Any]:
     return docs_bench.suite(args, measurements)
 
 
-SUITES = {"runtime": runtime, "kv": kv, "kernels": kernels, "docs": docs}
+def spec(args: Any, measurements: MeasurementStore) -> dict[str, Any]:
+    """`hearth bench spec`: speculative decoding off/on in interleaved pairs (`app.runtime.spec.bench`);
+    the verify-cost curve it measures is stored for the planner."""
+    from app.runtime.spec import bench as spec_bench
+
+    return spec_bench.suite(args, measurements)
+
+
+def abuse(args: Any, measurements: MeasurementStore) -> dict[str, Any]:
+    """The API server against bad requests (`app.runtime.bench_abuse`); nothing stored: no plan reads it."""
+    from app.runtime.bench_abuse import measure_abuse
+
+    return measure_abuse(normal_runs=args.runs)
+
+
+def tools(args: Any, measurements: MeasurementStore) -> dict[str, Any]:
+    """`hearth bench tools`: SmolLM2's forced tool calls over the committed schemas (`app.runtime.tools.bench`):
+    the share that parse, validate and finish, and the grammar's cost; nothing stored."""
+    from app.runtime.tools import bench as tools_bench
+
+    return tools_bench.suite(args, measurements)
+
+
+SUITES = {"runtime": runtime, "kv": kv, "kernels": kernels, "docs": docs, "spec": spec, "abuse": abuse, "tools": tools}

@@ -49,6 +49,13 @@ class ModelInfo:
     head_dim: int
     vocab_size: int
     has_chat_template: bool
+    # An embedding model (text in, one vector out: BERT-likes, or a pooling type in its metadata):
+    # served by /v1/embeddings, never chosen for chat, marked on the Models page.
+    embedding: bool = False
+    # A fine-tune's LoRA adapter (format "adapter", path its folder; `app.runtime.adapters`): the
+    # base's library id (or path, for a base outside the library) and which checkpoint it is.
+    base: str | None = None
+    checkpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +166,21 @@ def read_gguf(path: Path, *, source: str, model_id: str | None = None, name: str
         head_dim=head_dim,
         vocab_size=vocab_size or int(fields.get(f"{arch}.vocab_size", 0) or 0),
         has_chat_template="tokenizer.chat_template" in fields,
+        embedding=is_embedding_gguf(arch, fields),
     )
+
+
+# Encoder-only architectures llama.cpp runs as embedders (their GGUFs carry no chat template).
+EMBEDDING_ARCHITECTURES = frozenset(("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert"))
+# gguf.PoolingType: MEAN, CLS and LAST pool a sequence into one vector (NONE is a plain LM, RANK a reranker).
+_POOLED = (1, 2, 3)
+
+
+def is_embedding_gguf(arch: str, fields: dict[str, Any]) -> bool:
+    """Whether a GGUF is an embedding model, from its metadata: an encoder architecture, or a
+    decoder (Qwen3-Embedding, gte-Qwen) whose converter wrote a pooling type. A chat model never is."""
+    pooling = fields.get(f"{arch}.pooling_type")
+    return arch in EMBEDDING_ARCHITECTURES or (isinstance(pooling, int) and pooling in _POOLED)
 
 
 def _field_value(field: Any) -> Any:
@@ -263,7 +284,16 @@ def read_hf_folder(folder: Path, *, source: str, model_id: str | None = None, na
         head_dim=int(text.get("head_dim", 0) or (n_embd // n_head if n_head else 0)),
         vocab_size=int(text.get("vocab_size", 0) or 0),
         has_chat_template=has_template,
+        embedding=_is_embedding_folder(folder, config),
     )
+
+
+def _is_embedding_folder(folder: Path, config: dict[str, Any]) -> bool:
+    """A sentence-transformers folder (its pooling config) or a bare encoder (``BertModel``)."""
+    if (folder / "modules.json").is_file() or (folder / "1_Pooling").is_dir():
+        return True
+    return str(config.get("model_type", "")) in ("bert", "nomic_bert", "xlm-roberta", "roberta", "modernbert") and not any(
+        a.endswith(("ForMaskedLM", "ForCausalLM", "ForSequenceClassification")) for a in config.get("architectures") or ())
 
 
 def hf_cache_folders() -> list[tuple[str, Path]]:
@@ -350,6 +380,9 @@ def scan(model_dirs: Iterable[Path], *, hf_cache: bool = True) -> list[ModelInfo
         except (RuntimeFailure, IndexError) as exc:
             log.warning("skipping %s from the Hugging Face cache: %s", path, exc)
     models += _scan_hf(model_dirs, hf_cache, seen)
+    from app.runtime import adapters  # fine-tunes registered over the models found above
+
+    models += adapters.scan(model_dirs, models, resolve)
     return models
 
 
@@ -380,6 +413,11 @@ def resolve(name_or_path: str | None, models: list[ModelInfo]) -> ModelInfo:
             return model
     path = Path(wanted).expanduser()
     if path.is_dir():
+        from app.runtime import adapters
+
+        adapter = adapters.adapter_dir(path) if not is_hf_folder(path) else None
+        if adapter is not None:  # a fine-tune's run or adapter folder: the registered entry, else one read from the run
+            return next((m for m in models if m.format == adapters.FORMAT and Path(m.path) == adapter), None) or adapters.describe(adapter, models, resolve)
         if not is_hf_folder(path):
             raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"{path} is a folder without a Hugging Face model (config.json and *.safetensors).")
         return read_hf_folder(path.resolve(), source="folder")

@@ -4,6 +4,9 @@ Every generation is one `server.generate` job on the engine thread, queued first
 with the GUI's chats; `Slots` bounds how many may wait. Streaming answers are server-sent events
 in OpenAI's chunk format; a stream starts once the first token exists, so that a request that
 fails before it (unknown model, prompt too long) gets a proper status code and error body.
+
+Mounted beside it: Anthropic's Messages API (`app.server.anthropic`, its own key header and error
+shape) and `/v1/embeddings` (`app.server.embeddings`, the runtime's `engine.embed`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.runtime.client import RuntimeClient, failure_from_event
 from app.runtime.protocol import Event, EventKind, Method
-from app.server import errors, schemas
+from app.server import anthropic, embeddings, errors, schemas
 from app.server.config import ServerConfig
 from app.server.errors import ApiError
-from app.server.jobs import Job, wait_disconnect
+from app.server.hosts import HostGuard
+from app.server.jobs import UNFINISHED, Job, wait_disconnect
 from app.server.middleware import AccessMiddleware
 from app.server.params import chat_params, completion_params
 from app.server.queue import RequestLog, Slots
@@ -55,6 +59,7 @@ def create_app(client: RuntimeClient, config: ServerConfig, log: RequestLog, slo
         redoc_url=None,
     )
     errors.install(app)
+    app.add_middleware(HostGuard, bound=config.host)  # inside the access log: a refused Host is logged too
     app.add_middleware(AccessMiddleware, log=log, max_body_bytes=config.max_body_bytes)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -73,7 +78,8 @@ def create_app(client: RuntimeClient, config: ServerConfig, log: RequestLog, slo
 
     @app.get("/health", response_model=schemas.Health)
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queue": {"used": slots.used, "limit": slots.limit}}
+        # "working": API jobs the engine has not finished, also those whose client has gone
+        return {"status": "ok", "queue": {"used": slots.used, "limit": slots.limit, "working": UNFINISHED.count}}
 
     async def library() -> list[dict[str, Any]]:
         return list((await run_in_threadpool(client.call, Method.MODELS_LIST, {"remote": False}))["models"])
@@ -102,19 +108,8 @@ def create_app(client: RuntimeClient, config: ServerConfig, log: RequestLog, slo
     app.post("/v1/chat/completions", response_model=schemas.ChatCompletion, responses=ERRORS, dependencies=guarded)(chat_completions)
     app.post("/v1/completions", response_model=schemas.Completion, responses=ERRORS, dependencies=guarded)(completions)
 
-    @app.post("/v1/embeddings", responses=ERRORS, dependencies=guarded)
-    async def embeddings(body: schemas.EmbeddingRequest) -> Any:
-        rows = await library()
-        row = next((r for r in rows if r["id"] == body.model), None)
-        if row is None:
-            raise ApiError(404, f"No model called {body.model!r} in the library. GET /v1/models lists them.", param="model", code="model_not_found")
-        raise ApiError(
-            400,
-            f"{body.model} is a text-generation model and Hearth's server does not compute embeddings with it; "
-            "embedding models are not supported by this version.",
-            param="model",
-            code="embeddings_unsupported",
-        )
+    app.include_router(embeddings.router(client, library=library, dependencies=guarded, responses=ERRORS))
+    app.include_router(anthropic.router(client, config, log, slots))  # its own key header and error shape
 
     async def _generate(request: Request, body: Any, params: dict[str, Any], *, chat: bool) -> Any:
         entry: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("hearth_log", {})
@@ -190,6 +185,8 @@ def create_app(client: RuntimeClient, config: ServerConfig, log: RequestLog, slo
                 elif event.event is EventKind.RESULT:
                     data = event.data
                     model = data.get("model") or body.model
+                    for delta in _tool_call_deltas(data):  # the calls arrive whole with the result (app.runtime.tools)
+                        yield _sse(chunk(ident, created, model, delta, None))
                     yield _sse(chunk(ident, created, model, {}, _finish(data)))
                     if include_usage:
                         yield _sse({**chunk(ident, created, model, {}, None), "choices": [], "usage": _usage(data)})
@@ -234,7 +231,18 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 def _finish(data: dict[str, Any]) -> str:
     reason = str(data.get("finish_reason", "stop"))
-    return reason if reason in ("stop", "length") else "stop"
+    return reason if reason in ("stop", "length", "tool_calls") else "stop"
+
+
+def _tool_call_deltas(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A streamed reply's calls as OpenAI's ``delta.tool_calls`` chunks: per call, its id, type and
+    name first, then its arguments (the openai client joins the arguments pieces by index)."""
+    deltas = []
+    for index, call in enumerate(data.get("tool_calls") or []):
+        fn = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": fn["arguments"]}}]})
+    return deltas
 
 
 def _usage(data: dict[str, Any]) -> dict[str, int]:
@@ -259,7 +267,10 @@ def _note(entry: dict[str, Any], data: dict[str, Any]) -> None:
 def _answer(data: dict[str, Any], body: Any, chat: bool) -> dict[str, Any]:
     created, model = int(time.time()), data.get("model") or body.model
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": data.get("text", "")}, "finish_reason": _finish(data), "logprobs": None}
+        message: dict[str, Any] = {"role": "assistant", "content": data.get("text", "")}
+        if data.get("tool_calls"):
+            message.update(content=data.get("text") or None, tool_calls=data["tool_calls"])
+        choice = {"index": 0, "message": message, "finish_reason": _finish(data), "logprobs": None}
         return {"id": _ident(True), "object": "chat.completion", "created": created, "model": model, "choices": [choice], "usage": _usage(data)}
     choice = {"index": 0, "text": data.get("text", ""), "finish_reason": _finish(data), "logprobs": None}
     return {"id": _ident(False), "object": "text_completion", "created": created, "model": model, "choices": [choice], "usage": _usage(data)}

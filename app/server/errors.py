@@ -78,7 +78,10 @@ def install(app: FastAPI) -> None:
         where = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(where) or None
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "The request body is not valid JSON for this endpoint."))
-        return ApiError(400, message, param=param, code="invalid_value").response()
+        code = "invalid_text" if first.get("type") == "string_unicode" else "invalid_value"  # a lone surrogate, as app.server.limits words it
+        if code == "invalid_text":
+            message = f"{param or 'The request'} is not valid text: it holds a lone surrogate. Send UTF-8 text."
+        return ApiError(400, message, param=param, code=code).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,27 @@ from app.runtime.protocol import Event, EventKind, Method
 log = logging.getLogger(__name__)
 
 
+class _Unfinished:
+    """How many API jobs of this process the engine has not finished: queued or running, with or
+    without their client (a job whose client left still runs until it reaches a cancel check).
+    `/health` shows it, so an abandoned request is never invisible."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+
+UNFINISHED = _Unfinished()
+
+
 class Job:
     def __init__(self, client: RuntimeClient, params: dict[str, Any], *, on_start: Callable[[], None], on_end: Callable[[Event], None]) -> None:
         self._client = client
@@ -30,13 +52,20 @@ class Job:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.started_at: float | None = None
         self.finished = False
-        self.id = client.submit(Method.SERVER_GENERATE, params, self._on_event)
+        self._ended = False  # the engine's final event came (counted once in UNFINISHED)
+        UNFINISHED.add(1)
+        try:
+            self.id = client.submit(Method.SERVER_GENERATE, params, self._on_event)
+        except BaseException:
+            self._end()
+            raise
 
     def _on_event(self, event: Event) -> None:  # the runtime's thread
         if event.event is EventKind.PROGRESS and event.data.get("stage") == "started" and self.started_at is None:
             self.started_at = time.monotonic()
             self._on_start()  # here, not on the loop: the engine's order is the order events leave it
         if event.is_final:
+            self._end()
             self._on_end(event)
         try:
             self._loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -58,6 +87,11 @@ class Job:
         if event.is_final:
             self.finished = True
         return event
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            UNFINISHED.add(-1)
 
     def cancel(self) -> None:
         if not self.finished:

@@ -6,9 +6,10 @@ request takes a place in the queue.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from app.server import schemas
+from app.server import limits, schemas
 from app.server.config import ServerConfig
 from app.server.errors import ApiError
 
@@ -33,28 +34,17 @@ def _sampling(body: Any, max_tokens: int | None, config: ServerConfig) -> dict[s
 
 
 def chat_params(body: schemas.ChatCompletionRequest, config: ServerConfig) -> dict[str, Any]:
-    if body.tools and body.tool_choice != "none":
-        raise ApiError(
-            400,
-            "Tools (function calling) are not supported by this server's engine. Send the request without 'tools', "
-            "or describe the functions in the system prompt and ask for JSON (response_format).",
-            param="tools",
-            code="tools_unsupported",
-        )
+    limits.check_openai_chat(body, config.limits)  # bounded work and valid text before anything else (app.server.limits)
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported by this server.", param="logprobs", code="unsupported")
-    messages = []
-    for i, message in enumerate(body.messages):
-        if message.role == "tool" or message.tool_calls:
-            raise ApiError(400, f"messages[{i}] is a tool call or result; tools are not supported by this server.", param=f"messages.{i}", code="tools_unsupported")
-        role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": message.text()})
+    messages = [_message(i, message) for i, message in enumerate(body.messages)]
     params: dict[str, Any] = {
         "kind": "chat",
         "model": body.model,
         "messages": messages,
         "sampling": _sampling(body, body.max_completion_tokens or body.max_tokens, config),
     }
+    params.update(_tools(body))
     if body.response_format is not None and body.response_format.type != "text":
         fmt: dict[str, Any] = {"type": body.response_format.type}
         if body.response_format.type == "json_schema":
@@ -66,7 +56,55 @@ def chat_params(body: schemas.ChatCompletionRequest, config: ServerConfig) -> di
     return params
 
 
+def _message(i: int, message: schemas.ChatMessage) -> dict[str, Any]:
+    """One chat message as the runtime takes it: tool results keep their call id, assistant calls their list."""
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise ApiError(400, f"messages[{i}] is a tool result without the tool_call_id it answers.", param=f"messages.{i}.tool_call_id", code="invalid_value")
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
+    role = "system" if message.role == "developer" else message.role
+    if message.tool_calls:
+        if role != "assistant":
+            raise ApiError(400, f"messages[{i}]: only assistant messages carry tool_calls.", param=f"messages.{i}.tool_calls", code="invalid_value")
+        calls = []
+        for j, call in enumerate(message.tool_calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
+                raise ApiError(400, f"messages[{i}].tool_calls[{j}] needs an id and a function with a name.", param=f"messages.{i}.tool_calls", code="invalid_value")
+            arguments = fn.get("arguments", "{}")
+            calls.append({"id": call["id"], "type": "function",
+                          "function": {"name": fn["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
+        return {"role": "assistant", "content": message.text(), "tool_calls": calls}
+    return {"role": role, "content": message.text()}
+
+
+def _tools(body: schemas.ChatCompletionRequest) -> dict[str, Any]:
+    """tools, tool_choice and parallel_tool_calls for the runtime; their schemas are checked there (a 400 naming the keyword)."""
+    out: dict[str, Any] = {}
+    if body.tools:
+        tools = []
+        for i, tool in enumerate(body.tools):
+            fn = tool.get("function")
+            if tool.get("type", "function") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\", \"parameters\"...}}}}.", param=f"tools.{i}", code="invalid_value")
+            tools.append({"type": "function", "function": {k: v for k, v in fn.items() if k in ("name", "description", "parameters") and v is not None}})
+        out["tools"] = tools
+    choice = body.tool_choice
+    if choice is not None:
+        named = isinstance(choice, dict) and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
+        if choice not in ("auto", "none", "required") and not named:
+            raise ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+                           param="tool_choice", code="invalid_value")
+        if choice != "none" and not body.tools:
+            raise ApiError(400, "tool_choice needs 'tools'.", param="tool_choice", code="invalid_value")
+        out["tool_choice"] = {"type": "function", "function": {"name": choice["function"]["name"]}} if named else choice
+    if body.parallel_tool_calls is not None:
+        out["parallel_tool_calls"] = bool(body.parallel_tool_calls)
+    return out
+
+
 def completion_params(body: schemas.CompletionRequest, config: ServerConfig) -> dict[str, Any]:
+    limits.check_openai_completion(body, config.limits)
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:

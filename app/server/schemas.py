@@ -75,6 +75,7 @@ class ChatCompletionRequest(_Sampled):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
 
 
@@ -84,12 +85,6 @@ class CompletionRequest(_Sampled):
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = None
-
-
-class EmbeddingRequest(_Body):
-    model: str = Field(min_length=1, max_length=512)
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] | None = None
 
 
 def bounded(limit: int) -> tuple[type[ChatCompletionRequest], type[CompletionRequest]]:
@@ -131,6 +126,7 @@ class ModelList(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[dict[str, Any]] | None = None  # [{"id": "call_...", "type": "function", "function": {"name", "arguments"}}]
 
 
 class ChatChoice(BaseModel):

@@ -104,10 +104,11 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel("No model loaded")
         self.plan_label = PlanLabel()
         self.speed_label = QLabel("")
+        self.speculation_label = QLabel("")  # the last reply's acceptance rate (issue 18)
         self.runtime_label = QLabel("Starting the runtime…")
         self.memory_label = QLabel("")
         bar = self.statusBar()
-        for label in (self.model_label, self.plan_label, self.speed_label):
+        for label in (self.model_label, self.plan_label, self.speed_label, self.speculation_label):
             bar.addWidget(label)
         bar.addPermanentWidget(self.memory_label)
         bar.addPermanentWidget(self.runtime_label)
@@ -118,6 +119,7 @@ class MainWindow(QMainWindow):
         bridge.sig_worker_restarted.connect(self._on_ready)
         bridge.notices.sig_notice.connect(lambda text: self.statusBar().showMessage(text, NOTICE_MS))
         self.chat_page.sig_speed.connect(lambda tps: self.speed_label.setText(f"decode {tps:.1f} tok/s"))
+        self.chat_page.sig_speculation.connect(self.speculation_label.setText)
         self.chat_page.sig_model_loading.connect(self.model_label.setText)
         self.chat_page.sig_model_used.connect(lambda model_id: self.refresh_status())
         self.chat_page.sig_planned.connect(self._on_progress)

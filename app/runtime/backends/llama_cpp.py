@@ -86,6 +86,20 @@ class LlamaCppBackend:
         """The tokens whose KV the context holds now, in position order (after any shift)."""
         return self._kv.held()
 
+    @property
+    def template_tokens(self) -> dict[str, str]:
+        """The bos/eos texts a chat template may refer to (app.runtime.tools renders with them)."""
+        return template_tokens(self._llm)
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of this vocabulary, for tool-call grammars; built on first use (about 0.3 s)."""
+        if getattr(self, "_lltok", None) is None:
+            from app.runtime.tools.grammar import llama_cpp_tokenizer
+
+            eog = [t for t in (self._llm.token_eos(), getattr(self._llm._model, "token_eot", lambda: -1)()) if t >= 0]
+            self._lltok = llama_cpp_tokenizer(self._kv.vocab, eog)
+        return self._lltok
+
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
         """A raw completion prompt's tokens (with BOS when the model wants one and ``add_bos``)."""
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -108,11 +122,14 @@ class LlamaCppBackend:
         chat_template: str | None = None,
         mask: LogitsMask | None = None,
         drafter: Drafter | None = None,
+        render: tuple[Formatter, str] | None = None,
     ) -> Completion:
-        """The studio's conversation: kept inside the context by ``context_policy``, its KV reused and shifted."""
+        """The studio's conversation: kept inside the context by ``context_policy``, its KV reused and shifted.
+        ``render`` (messages -> prompt text, and which template that is) replaces the chat template:
+        a request with tools renders them with it (app.runtime.tools), so they count in the window."""
         if context_policy not in window_policy.POLICIES:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown context policy {context_policy!r}. Choose one of: {', '.join(window_policy.POLICIES)}.")
-        formatter, template = self._templates.pick(messages, chat_template)
+        formatter, template = render if render is not None else self._templates.pick(messages, chat_template)
 
         def tokens(some: Sequence[dict[str, str]]) -> list[int]:
             return self._tokens(formatter, some)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from app.runtime.backends.context import Memory, Window
 from app.runtime.backends.templates import FALLBACK, FALLBACK_TEMPLATE, MODEL, OVERRIDE
 from app.runtime.backends.torch_load import input_device, load_model
 from app.runtime.backends.streaming import StopText
-from app.runtime.backends.torch_sample import IncrementalText, Sampler
+from app.runtime.backends import torch_spec, torch_spec_setup
+from app.runtime.backends.hooks import LogitsMask, Speculation
+from app.runtime.backends.torch_sample import IncrementalText, Sampler, constrain
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
 __all__ = ["SETTINGS", "TorchBackend"]
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 # The settings a torch plan may give (`planner.torch_plan.torch_kwargs`).
 SETTINGS = frozenset(
     ("dtype", "device_map", "max_memory", "offload_folder", "weight_quant", "kv_policy", "kv_budget", "n_ctx",
-     "threads", "compile", "attn_implementation", "prefill_chunk")
+     "threads", "compile", "attn_implementation", "prefill_chunk", "adapter",
+     "speculate", "draft", "draft_quant", "spec_tree")  # SpecExec for offloaded targets (torch_spec.setup)
 )
 PREFILL_CHUNK = 256
 
@@ -80,6 +83,7 @@ class TorchBackend:
         self._held: list[int] = []  # tokens whose KV the cache holds, in order (before any eviction)
         self._seen = 0  # tokens evaluated into the cache (positions used)
         self._memory: Memory | None = None
+        self.spec = torch_spec_setup.setup(self._model, folder, self.settings)  # a draft when the target is offloaded
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.2f s on %s with %s", folder.name, self.load_seconds, self._device, self.settings)
 
@@ -107,10 +111,15 @@ class TorchBackend:
         is_cancelled: IsCancelled,
         context_policy: str = window_policy.ROLLING_WINDOW,
         chat_template: str | None = None,
+        mask: LogitsMask | None = None,
+        speculate: str | None = None,
+        render: tuple[Callable[[Sequence[dict[str, Any]]], str], str] | None = None,
     ) -> Completion:
+        """``mask`` constrains each step (a tool-call grammar, `hooks.LogitsMask`); ``render``
+        (messages -> prompt text, and which template that is) replaces the chat template."""
         if context_policy not in window_policy.POLICIES:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown context policy {context_policy!r}. Choose one of: {', '.join(window_policy.POLICIES)}.")
-        render, template = self._pick_template(messages, chat_template)
+        render, template = self._text_render(render) if render is not None else self._pick_template(messages, chat_template)
         reserve = window_policy.reserve_for(sampling.max_tokens, self.n_ctx)
         window = window_policy.fit_window(messages, context_policy, n_ctx=self.n_ctx, reserve=reserve, render=render, floor=self._floor(messages))
         prompt = window.tokens
@@ -122,7 +131,12 @@ class TorchBackend:
             if logits is None:
                 report = self._report(context_policy, window, cached, len(prompt))
                 return Completion("", "cancelled", len(prompt), 0, cached, time.perf_counter() - started, 0.0, context=report, template=template)
-            first_at, n_out, finish, text = self._decode(logits, prompt, sampling, on_token, is_cancelled)
+            speculation = Speculation(off=self.spec.off_reason(mask is not None, speculate))
+            tree = speculation.off is None
+            if tree:
+                first_at, n_out, finish, text = self._decode_tree(logits, prompt, sampling, on_token, is_cancelled, speculation)
+            else:
+                first_at, n_out, finish, text = self._decode(logits, prompt, sampling, on_token, is_cancelled, mask)
         ended = time.perf_counter()
         return Completion(
             text=text,
@@ -134,9 +148,24 @@ class TorchBackend:
             decode_seconds=ended - (first_at or ended),
             context=self._report(context_policy, window, cached, len(prompt)),
             template=template,
+            speculation=speculation.to_dict() if self.spec.draft is not None else None,  # why not: self.spec.reason
         )
 
-    def _decode(self, logits: Any, prompt: list[int], sampling: Sampling, on_token: TokenSink, is_cancelled: IsCancelled) -> tuple[float | None, int, str, str]:
+    def _decode_tree(self, logits: Any, prompt: list[int], sampling: Sampling, on_token: TokenSink, is_cancelled: IsCancelled,
+                     stats: Speculation) -> tuple[float | None, int, str, str]:
+        """`_decode` with SpecExec (`torch_spec`): the same tokens, several per forward of the target."""
+        assert self.spec.draft is not None
+        tokens = torch_spec.spec_tokens(
+            model=self._model, cache=self._cache, device=self._device, held=self._held, draft=self.spec.draft,
+            shape=self.spec.shape, first_logits=logits, history=list(prompt), sample=Sampler(sampling, device=logits.device),
+            max_tokens=sampling.max_tokens, n_ctx=self.n_ctx, stop_ids=self._eos, stats=stats, penalty=sampling.repeat_penalty)
+        try:
+            return torch_spec_setup.stream(tokens, tokenizer=self._tok, sampling=sampling, eos=self._eos, on_token=on_token, is_cancelled=is_cancelled)
+        finally:
+            self._seen = len(self._held)  # a full cache (no eviction): positions used = tokens held
+
+    def _decode(self, logits: Any, prompt: list[int], sampling: Sampling, on_token: TokenSink, is_cancelled: IsCancelled,
+                mask: LogitsMask | None = None) -> tuple[float | None, int, str, str]:
         """Sample, stream and evaluate one token at a time; (first token time, count, finish, text)."""
         sample = Sampler(sampling, device=logits.device)
         pieces, stops = IncrementalText(self._tok), StopText(sampling.stop)
@@ -144,6 +173,11 @@ class TorchBackend:
         first_at: float | None = None
         n_out, finish = 0, "length"
         while True:
+            if mask is not None:
+                logits = constrain(logits, mask, history[len(prompt) :])
+                if logits is None:
+                    finish = "stop"  # the mask allows nothing more: the reply is complete
+                    break
             token = sample(logits, history)
             if first_at is None:
                 first_at = time.perf_counter()
@@ -272,6 +306,29 @@ class TorchBackend:
 
     # ---- templates and context -------------------------------------------------------------------
 
+    def _text_render(self, render: tuple[Callable[[Sequence[dict[str, Any]]], str], str]) -> tuple[window_policy.Render, str]:
+        """A text renderer (app.runtime.tools) as a token renderer, special tokens parsed as the template writes them."""
+        text, kind = render
+
+        def tokens(some: Sequence[dict[str, Any]]) -> list[int]:
+            return list(self._tok(text(some), add_special_tokens=False)["input_ids"])
+
+        return tokens, kind
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of this tokenizer, sized to the model's logits, for tool-call grammars (built once)."""
+        if getattr(self, "_lltok", None) is None:
+            from app.runtime.tools.grammar import hf_tokenizer
+
+            n_vocab = int(self._model.get_output_embeddings().weight.shape[0])
+            self._lltok = hf_tokenizer(self._tok, n_vocab, self._eos)
+        return self._lltok
+
+    @property
+    def template_tokens(self) -> dict[str, str]:
+        """The bos/eos texts a chat template may refer to."""
+        return {"bos_token": self._tok.bos_token or "", "eos_token": self._tok.eos_token or ""}
+
     def _pick_template(self, messages: Sequence[dict[str, str]], override: str | None) -> tuple[window_policy.Render, str]:
         """The renderer for this conversation and its kind; the whole conversation is rendered once
         here so that a template that fails on it is found before anything is evaluated."""
@@ -316,6 +373,7 @@ class TorchBackend:
 
     def close(self) -> None:
         model, self._model, self._cache = getattr(self, "_model", None), None, None
+        self.spec = torch_spec_setup.SpecSetup(None, "The model is closed.")  # the draft goes with its target
         if model is not None:
             del model
             import gc

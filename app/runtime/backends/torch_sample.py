@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from app.runtime.backends.hooks import LogitsMask, apply_constraint
 from app.runtime.protocol import Sampling
 
 PENALTY_LAST_N = 64  # llama.cpp's default penalty window
@@ -54,6 +55,17 @@ class Sampler:
         probs = torch.softmax(values / s.temperature, dim=-1)
         choice = torch.multinomial(probs, 1, generator=self.generator)
         return int(indices[choice])
+
+
+def constrain(logits: Any, mask: LogitsMask, generated: Sequence[int]) -> Any:
+    """``logits`` ([vocab], torch) with a logits mask's answer applied, as llama.cpp's loop applies
+    it (`hooks.apply_constraint` on a numpy copy); None when the mask allows no token at all."""
+    import torch
+
+    row = logits.float().cpu().numpy().copy()  # [vocab] float32
+    if not apply_constraint(row, mask(generated, row)):
+        return None
+    return torch.from_numpy(row).to(logits.device)
 
 
 class IncrementalText:

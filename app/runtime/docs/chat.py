@@ -26,6 +26,7 @@ from typing import Any
 
 from app.runtime.backends.context import STOP_AT_LIMIT, ContextBudget, reserve_for
 from app.runtime.docs import store
+from app.runtime.docs.index import Embedder
 from app.runtime.docs.retrieve import Retrieval, retrieve
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 
@@ -89,6 +90,7 @@ def with_documents(
     policy: str,
     count_chat: Callable[[Sequence[Message]], int],
     count_text: Callable[[str], int],
+    embedder: Embedder | None = None,
 ) -> tuple[tuple[Message, ...], dict[str, Any]]:
     """Retrieve from ``request["collection"]`` for the newest question and place what fits.
 
@@ -106,7 +108,7 @@ def with_documents(
                                   "limit\" forgets nothing, so no document fits; the model answers without them.")
         else:
             retrieval = retrieve(collection, query, count_tokens=count_text, budget=budget.documents,
-                                 max_passages=int(request.get("max_passages") or 8))
+                                 max_passages=int(request.get("max_passages") or 8), embedder=embedder)
     return place(messages, retrieval), summary(retrieval)
 
 

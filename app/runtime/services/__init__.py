@@ -9,6 +9,7 @@ QUICK ones answer at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from typing import Any
 from app.runtime import hardware, library
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.protocol import Method, NoParams, RuntimeFailure
+from app.runtime.services.embed import EmbedService, LibraryEmbedder
 from app.runtime.services.engine import EnginePlanParams, EngineService
 from app.runtime.services.finetune import FinetuneService
 from app.runtime.services.hub import HubService
+from app.runtime.services.mcp import McpService
 from app.runtime.services.quantize import QuantizeService
 from app.runtime.services.server import ServerService
 
@@ -45,6 +48,9 @@ class Services:
         self.server = ServerService(engine=self.engine, models=self.models)
         self.quantize = QuantizeService(models=self.models, hardware=self.hardware, default_prefs=self.default_prefs)
         self.finetune = FinetuneService(models=self.models, hardware=self.hardware)
+        self.mcp = McpService()  # MCP servers start when a chat first needs their tools
+        self.embed = EmbedService(models=self.models, threads=lambda: self.default_prefs().get("threads"))
+        self.engine.docs_embedder = self.docs_embedder  # a chat with documents searches with it too
         self._hardware: hardware.Hardware | None = None
         self._hardware_lock = threading.Lock()
         if warm_up:
@@ -64,7 +70,8 @@ class Services:
 
         saved = settings_module.load()
         return {"context_length": saved.context_length, "threads": saved.n_threads,
-                "model_backends": dict(saved.model_backends), "default_backend": saved.default_backend}
+                "model_backends": dict(saved.model_backends), "default_backend": saved.default_backend,
+                "speculate": getattr(saved, "speculate", "auto")}
 
     def hardware(self) -> hardware.Hardware:
         with self._hardware_lock:
@@ -110,11 +117,25 @@ class Services:
         ]
         from app.runtime.services.docs import DocsService  # one per dispatcher (it reads methods() once)
 
-        return [*own, *self.engine.methods(), *self.hub.methods(), *self.server.methods(), *self.quantize.methods(),
-                *self.finetune.methods(), *DocsService().methods()]
+        # engine.unload frees the embedding context too: both are "the loaded model" to the person
+        engine = [dataclasses.replace(s, handler=self._unload) if s.name == Method.ENGINE_UNLOAD.value else s for s in self.engine.methods()]
+        return [*own, *engine, *self.embed.methods(), *self.hub.methods(), *self.server.methods(), *self.quantize.methods(),
+                *self.finetune.methods(), *DocsService(embedder=self.docs_embedder).methods(), *self.mcp.methods()]
+
+    def docs_embedder(self) -> LibraryEmbedder | None:
+        """The model documents are embedded and searched with (the `docs_embedder` setting, else the
+        library's first embedding model); None: keyword search only."""
+        from app import settings as settings_module
+
+        return self.embed.for_documents(settings_module.load().docs_embedder)
+
+    def _unload(self, params: NoParams, ctx: JobContext) -> Any:
+        self.embed.close()
+        return self.engine.unload(params, ctx)
 
     def _release(self, path: str) -> None:
-        """Unload the engine's model when it is the file about to be deleted."""
+        """Unload the engine's model (and the embedder) when it is the file about to be deleted."""
+        self.embed.close(path)
         ctx = JobContext.detached("release")
         status = self.engine.status(NoParams(), ctx)
         if status.loaded and status.model is not None and status.model["path"] == path:
@@ -126,4 +147,6 @@ class Services:
 
     def close(self) -> None:
         self.server.close()
+        self.mcp.close()  # stops every MCP server with the worker
+        self.embed.close()
         self.engine.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,18 @@ class EmbedResult:
     dimensions: int
     embeddings: list[list[float]]  # one per input, in order
     tokens: int  # tokens read over all inputs (the API's usage)
+
+
+class LibraryEmbedder:
+    """The document index's `Embedder` (app.runtime.docs.index) over this service: the vectors of
+    one library model, named by its id so that vectors of two models are never compared."""
+
+    def __init__(self, service: EmbedService, model_id: str) -> None:
+        self._service = service
+        self.name = model_id
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self._service.embed(EmbedParams(input=list(texts), model=self.name), JobContext.detached("docs-embed")).embeddings
 
 
 class EmbedService:
@@ -66,6 +78,17 @@ class EmbedService:
             embedder = self._ensure(model, ctx)
             vectors, tokens = embedder.embed(params.input, normalize=params.normalize, check=check)
         return EmbedResult(model=model.id, dimensions=embedder.dimensions, embeddings=vectors, tokens=tokens)
+
+    def for_documents(self, named: str | None) -> LibraryEmbedder | None:
+        """What documents are embedded with: the named model, else the library's first embedding
+        model, else none (keyword search only). A chat model embeds only when it is named."""
+        try:
+            model = self.choose(named or None)
+        except RuntimeFailure as exc:
+            if named or exc.kind is not ErrorKind.MODEL_NOT_FOUND:
+                raise
+            return None
+        return LibraryEmbedder(self, model.id)
 
     def choose(self, name: str | None) -> ModelInfo:
         """The named model, or the library's first embedding model; it must be a GGUF (llama.cpp)."""

@@ -32,11 +32,13 @@ from app.runtime.measurements import FileMeasurementStore, MeasurementStore
 from app.runtime.planner.measured import calibration as saved_calibration
 from app.runtime.planner.torch_plan import TorchPrefs
 from app.runtime.protocol import ChatParams, ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
+from app.runtime.spec.setup import Speculators
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("llama.cpp", "torch")
-BACKEND_SETTINGS = ("model_backends", "default_backend")  # saved settings that pick a backend, not planner prefs
+# saved settings that are not planner prefs: which backend runs a model, and the speculation mode (app.runtime.spec)
+BACKEND_SETTINGS = ("model_backends", "default_backend", "speculate")
 DRY_RUN_ABOVE = 0.5  # confirm a plan with a dry run when it uses more than this share of a budget
 
 
@@ -94,6 +96,12 @@ class ChatResult:
     template: str | None = omitted_when_none()
     kept: dict[str, Any] | None = omitted_when_none()  # server.generate: the GUI conversation's KV kept around it (ms)
     speculation: dict[str, Any] | None = omitted_when_none()  # with a drafter: steps, drafted, accepted (backends.hooks)
+    docs: dict[str, Any] | None = omitted_when_none()  # with ChatParams.docs: mode, reason, passages (app.runtime.docs.chat)
+    # With ChatParams.tools (app.runtime.tools): the calls, OpenAI-shaped [{"id": "call_...", "type": "function",
+    # "function": {"name", "arguments": JSON text}}] (finish_reason "tool_calls"), and how they were made:
+    # {"format", "choice", "grammar": {compile_ms, first_mask_ms, mask_ms_per_token, constrained_tokens} | None, "error"?}
+    tool_calls: list[dict[str, Any]] | None = omitted_when_none()
+    tools: dict[str, Any] | None = omitted_when_none()
 
     @classmethod
     def of(cls, completion: Completion, model: str | None, **extra: Any) -> ChatResult:
@@ -108,6 +116,8 @@ class EngineService:
         # what benches measured on this machine: the one store the planner is handed (tests give a MemoryMeasurementStore)
         self.measurements = measurements if measurements is not None else FileMeasurementStore.default(this_machine)
         self._default_prefs = default_prefs  # the person's saved settings, under each request's own
+        # what a chat with documents searches with (Services.docs_embedder; None: keyword search only)
+        self.docs_embedder: Callable[[], Any] = lambda: None
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._model: ModelInfo | None = None
@@ -115,6 +125,7 @@ class EngineService:
         self._measured: dict[str, Any] = {}
         self._in_use = 0
         self._last_used = time.monotonic()
+        self._speculators = Speculators(self.measurements)  # the draft model, when a chat asks for one
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:
@@ -183,8 +194,11 @@ class EngineService:
         if request.model is not None and request.model.startswith("remote:"):
             from app.runtime.backends import remote  # streams from an endpoint; the local model stays loaded
 
-            sent = remote.resolve(request.model).chat(request.messages, request.sampling, on_token=ctx.token, is_cancelled=lambda: ctx.cancelled)
-            return ChatResult.of(sent, request.model)
+            if request.tools:
+                raise RuntimeFailure(ErrorKind.UNSUPPORTED, "Tools are not forwarded to remote engines by this version; use a local model.")
+            messages, docs = self._documents(request, None, ctx)
+            sent = remote.resolve(request.model).chat(messages, request.sampling, on_token=ctx.token, is_cancelled=lambda: ctx.cancelled)
+            return ChatResult.of(sent, request.model, docs=docs)
         if request.backend not in ("auto", *BACKENDS):
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown backend {request.backend!r}. Available: auto, {', '.join(BACKENDS)}.")
         if request.backend != "auto":
@@ -199,15 +213,59 @@ class EngineService:
             # _ensure_loaded keeps the loaded model when the plan comes out the same.
             model = library.resolve(request.model, self._models()) if request.model or current is None else current
             loaded = self._ensure_loaded(model, self.prefs(request.prefs), ctx, torch_prefs=self.torch_prefs(request.prefs))
+        messages, docs = self._documents(request, loaded, ctx)
+        from app.runtime.tools.calls import for_backend  # None without tools: the chat is as before
+
+        tools = for_backend(request, loaded)
         completion = loaded.chat(
-            request.messages,
+            messages,
             request.sampling,
-            on_token=ctx.token,
+            on_token=tools.stream(ctx.token) if tools else ctx.token,
             is_cancelled=lambda: ctx.cancelled,
             context_policy=request.context_policy,
             chat_template=request.chat_template,
+            **(tools.backend_kwargs() if tools else {}),
+            **self.drafter(request.speculate, loaded),
         )
-        return ChatResult.of(completion, self._model.id if self._model else None)
+        extra: dict[str, Any] = {}
+        if tools is not None:
+            completion, extra = tools.apply(completion)
+        return ChatResult.of(completion, self._model.id if self._model else None, docs=docs, **extra)
+
+    def drafter(self, speculate: str | None, loaded: Backend) -> dict[str, Any]:
+        """The backend's speculation argument for a mode (a chat's, else the saved setting, else
+        auto): the llama.cpp token loop's ``drafter``, the torch backend's ``speculate``, nothing
+        for the rest. Engine thread only (a chat, an API request)."""
+        model, made = self._model, self._plan
+        if model is None:
+            return {}
+        mode = speculate or self._default_prefs().get("speculate") or "auto"
+        if loaded.name == "torch":  # SpecExec trees for offloaded targets (backends.torch_spec) take the mode itself
+            return {"speculate": mode}
+        if loaded.name != "llama.cpp":
+            return {}
+        threads = planner.llama_cpp_kwargs(made).get("n_threads") if made is not None else None
+        models = self._models() if mode.startswith("draft:") else ()  # a library scan only to find a draft model
+        drafter = self._speculators.drafter(mode, backend=loaded.name, target=model, target_plan=made, models=models,
+                                            n_ctx=int(getattr(loaded, "n_ctx", 2048)), threads=threads)
+        return {} if drafter is None else {"drafter": drafter}
+
+    def _documents(self, request: ChatParams, loaded: Backend | None, ctx: JobContext) -> tuple[Any, dict[str, Any] | None]:
+        """The request's messages with the documents it asks for placed in them (`docs.chat`), and
+        what went in; the reason is reported as progress too, so the studio shows it while the
+        reply is written."""
+        if request.docs is None:
+            return request.messages, None
+        from app.runtime.docs import chat as docs_chat  # only a chat with documents pays for the import
+
+        count_chat, count_text = docs_chat.counters(loaded, request.chat_template)
+        n_ctx = int(getattr(loaded, "n_ctx", 0) or docs_chat.REMOTE_N_CTX)
+        ctx.progress("documents", message=f"Searching the documents of \"{request.docs['collection']}\"")
+        messages, docs = docs_chat.with_documents(request.messages, request.docs, n_ctx=n_ctx, max_tokens=request.sampling.max_tokens,
+                                                  policy=request.context_policy, count_chat=count_chat, count_text=count_text,
+                                                  embedder=self.docs_embedder())
+        ctx.progress("documents", message=str(docs["reason"]), mode=docs["mode"], sources=len(docs["passages"]))
+        return messages, docs
 
     @property
     def backend(self) -> Backend | None:
@@ -304,10 +362,15 @@ class EngineService:
             source = hf_folder_for_gguf(model.path)
         else:
             source = model.path
+        settings = torch_plan.torch_kwargs(made)
+        if model.format == "adapter":  # a fine-tune: its base (by library id), with the LoRA adapter applied
+            from app.runtime import adapters
+
+            source, settings = adapters.base_folder(model, self._models(), library.resolve), {**settings, "adapter": model.path}
         ctx.progress("loading", message=f"Loading {model.name} in torch", model=model.id)
         process = psutil.Process()
         before = process.memory_info().rss
-        loaded = TorchBackend(source, torch_plan.torch_kwargs(made))
+        loaded = TorchBackend(source, settings)
         self._measured = {"rss_increase_bytes": process.memory_info().rss - before, "load_seconds": round(loaded.load_seconds, 3),
                           "dry_run": "none", "fallback": []}
         self._backend, self._model, self._plan = loaded, model, made
@@ -331,6 +394,7 @@ class EngineService:
         return dryrun.confirm(made, model, hw, prefs, measured, shape=shape, calibration=calibration)
 
     def _close_current(self) -> None:
+        self._speculators.close()  # a draft model belongs to the model it drafts for
         backend, self._backend, self._model, self._plan = self._backend, None, None, None
         if backend is not None:
             backend.close()

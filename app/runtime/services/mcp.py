@@ -18,12 +18,12 @@ from typing import Any
 
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.mcp.config import McpConfigError, ServerConfig, from_entry
-from app.runtime.protocol import ErrorKind, RuntimeFailure
+from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 
-MCP_SERVERS = "mcp.servers"
-MCP_TOOLS = "mcp.tools"
-MCP_CALL = "mcp.call"
-MCP_IMPORT = "mcp.import"
+MCP_SERVERS = Method.MCP_SERVERS.value
+MCP_TOOLS = Method.MCP_TOOLS.value
+MCP_CALL = Method.MCP_CALL.value
+MCP_IMPORT = Method.MCP_IMPORT.value
 
 
 @dataclass(frozen=True)

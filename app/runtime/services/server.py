@@ -47,6 +47,7 @@ class ServerStartParams:
     max_tokens: int | None = None
     max_body_bytes: int | None = None
     model: str | None = None  # loaded before the server answers
+    limits: dict[str, int] | None = None  # bounds on one request's work, over the defaults (app.server.limits)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class ServerGenerateParams:
     prompt: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     response_format: dict[str, Any] | None = None
+    # Tool calling, as ChatParams has it (app.runtime.tools; the contract in ChatResult.tool_calls)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
 
 
 class RunningFront(Protocol):
@@ -109,6 +114,18 @@ class Front(Protocol):
 
 
 _front_factory: Callable[[], Front] | None = None
+
+
+def library_model(model_ref: str | None, models: list[library.ModelInfo]) -> library.ModelInfo:
+    """A model of the library by id or name (case-insensitive); None is the embedded one. Anything
+    else, a path on this machine included, is MODEL_NOT_FOUND in the same words."""
+    if model_ref is None:
+        return library.resolve(None, models)
+    wanted = model_ref.strip()
+    for model in models:
+        if wanted == model.id or wanted.lower() == model.name.lower():
+            return model
+    raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"No model called {model_ref!r} in the library. GET /v1/models lists them.")
 
 
 def use_front(factory: Callable[[], Front]) -> None:
@@ -212,8 +229,16 @@ class ServerService:
         from app.runtime.backends import remote
 
         if remote.is_remote(model_ref):
-            return self._remote(model_ref, kind, messages, prompt, sampling, response_format, state)  # type: ignore[arg-type]
+            return self._remote(model_ref, kind, messages, prompt, sampling, response_format, state, params.tools)  # type: ignore[arg-type]
+        state.check("Cancelled before it started (the client went away).")  # a request abandoned in the queue costs nothing more
         backend, model_id = self._backend_for(model_ref, state)
+        if kind == "chat" and (params.tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages or [])):
+            from app.runtime.services.api_generate import generate_with_tools
+
+            if response_format:
+                raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "Send either tools or response_format, not both: tool calls have their own grammar.")
+            completion, extra = generate_with_tools(backend, params, on_token=state.token, is_cancelled=lambda: state.cancelled)
+            return ChatResult.of(completion, model_id, **extra)
         if backend.name != "llama.cpp":
             if kind != "chat" or response_format:
                 raise RuntimeFailure(ErrorKind.UNSUPPORTED, f"The {backend.name} backend serves chat completions without response_format; load a GGUF model for the rest.")
@@ -229,14 +254,18 @@ class ServerService:
         return ChatResult.of(completion, model_id)
 
     def _backend_for(self, model_ref: str | None, state: JobContext) -> tuple[Any, str]:
-        """The loaded backend when the request names it (or nothing); else load the named model."""
+        """The loaded backend when the request names it (or nothing); else load the named model.
+
+        Over the API a model is a library id or name, never a path: the same 404 for a path that
+        exists and one that does not, so that no client can probe the disk or load a file that
+        is not in the library."""
         status = self._engine.status(NoParams(), state)
         backend = self._engine.backend
         if status.loaded and status.model is not None and backend is not None:
             loaded = status.model
-            if model_ref is None or model_ref in (loaded["id"], loaded["path"]) or model_ref.lower() == loaded["name"].lower():
+            if model_ref is None or model_ref == loaded["id"] or model_ref.lower() == loaded["name"].lower():
                 return backend, loaded["id"]
-        model = library.resolve(model_ref, self._models())
+        model = library_model(model_ref, self._models())
         self._engine.load(EngineLoadParams(model=model.path), state)
         backend = self._engine.backend
         if backend is None:
@@ -244,7 +273,10 @@ class ServerService:
         return backend, model.id
 
     @staticmethod
-    def _remote(model_ref: str, kind: str, messages: Any, prompt: Any, sampling: Sampling, response_format: Any, state: JobContext) -> ChatResult:
+    def _remote(model_ref: str, kind: str, messages: Any, prompt: Any, sampling: Sampling, response_format: Any, state: JobContext,
+                tools: Any = None) -> ChatResult:
+        if tools:
+            raise RuntimeFailure(ErrorKind.UNSUPPORTED, "Tools are not forwarded to remote engines by this version.")
         if response_format:
             raise RuntimeFailure(ErrorKind.UNSUPPORTED, "response_format is not forwarded to remote engines by this version.")
         from app.runtime.backends import remote

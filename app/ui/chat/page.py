@@ -17,19 +17,23 @@ from app.chats import ChatStore, Conversation, ConversationSnapshot, MessageStat
 from app.runtime.protocol import Method, Sampling
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat import dialogs, generation, transfer
+from app.ui.chat.attach import DocsBar
 from app.ui.chat.conversations import ConversationListModel, ConversationsPanel, open_store
 from app.ui.chat.delegate import MessageDelegate
 from app.ui.chat.idle import IdleUnloader
-from app.ui.chat.replies import ReplyRunner
+from app.ui.chat.sources import PassageView, source_for_anchor, sources_of
 from app.ui.chat.template_dialog import FALLBACK_NOTICE, TemplateEditor
+from app.ui.chat.tool_flow import ToolFlow, ToolReplyRunner, tool_rows, tool_turns
 from app.ui.chat.toolbar import ChatToolbar, ContextBar
 from app.ui.chat.transcript import ChatMessage, TranscriptModel
 
 NEW_TITLE = "New chat"
+DOCS_KEY = "docs"  # the conversation's settings: the document collection it answers from
 
 
 class ChatPage(QWidget):
     sig_speed = Signal(float)  # live decode tokens/s of the reply being streamed
+    sig_speculation = Signal(str)  # the last reply's speculative decoding, in a few words (replies.speculation_text)
     sig_model_loading = Signal(str)  # a message such as "Loading SmolLM2…"
     sig_model_used = Signal(str)  # the model id that answered
     sig_planned = Signal(dict)  # the plan a load inside a chat request chose (its progress record)
@@ -46,7 +50,7 @@ class ChatPage(QWidget):
         self.conversation: Conversation | None = None
 
         self.transcript = TranscriptModel(self)
-        self.replies = ReplyRunner(bridge, self.transcript, self)
+        self.replies = ToolReplyRunner(bridge, self.transcript, self)  # a ReplyRunner that hands on tool calls
         self.idle = IdleUnloader(generation.idle_unload_minutes(), self, busy=lambda: self.busy, ask_engine=self._engine_idle)
         self.templates = TemplateEditor(bridge, self)
         self.view = QListView(self)
@@ -65,6 +69,13 @@ class ChatPage(QWidget):
         self.panel = ConversationsPanel(self)
         self.toolbar = ChatToolbar(self)
         self.context_bar = ContextBar(self)
+        self.docs = DocsBar(bridge, self)
+        self.tools = ToolFlow(bridge, self)  # MCP tools: the chooser, the call cards, the loop
+        self.toolbar.layout().addWidget(self.tools.chooser)
+        self.passage_view: PassageView | None = None  # the passage a source link opened last
+        self.docs.sig_collection_chosen.connect(self.set_documents)
+        self._delegate.sig_link.connect(self.open_link)
+        self.setAcceptDrops(True)  # files and folders dropped on the page are attached to the conversation
         self.input = QPlainTextEdit(self)
         self.input.setPlaceholderText("Ask anything. Enter sends, Shift+Enter starts a new line.")
         self.input.setFixedHeight(80)
@@ -85,9 +96,11 @@ class ChatPage(QWidget):
         row.addLayout(buttons)
         chat = QVBoxLayout()
         chat.addWidget(self.toolbar)
+        chat.addWidget(self.docs)
         chat.addWidget(self.view, 1)
         chat.addWidget(self.context_bar)
         chat.addWidget(self.hint)
+        chat.addWidget(self.tools.cards)
         chat.addLayout(row)
         layout = QHBoxLayout(self)
         layout.addWidget(self.panel)
@@ -100,11 +113,17 @@ class ChatPage(QWidget):
             hint=f"Unloaded the model after {minutes} minutes without use; it loads again on your next message."))
         r.sig_hint.connect(self.hint.setText)
         r.sig_speed.connect(self.sig_speed)
+        r.sig_speculation.connect(self.sig_speculation)
         r.sig_model_loading.connect(self.sig_model_loading)
         r.sig_model_used.connect(self.sig_model_used)
         r.sig_planned.connect(self.sig_planned)
         r.sig_row_changed.connect(self._row_changed)
         r.sig_finished.connect(self._on_reply_finished)
+        r.sig_tool_calls.connect(self.tools.on_calls)
+        self.tools.sig_continue.connect(self.continue_reply)
+        self.tools.sig_hint.connect(self.hint.setText)
+        self.tools.sig_busy.connect(lambda busy: self._set_busy(busy or self.replies.busy))  # Stop refuses waiting calls
+        self.view.clicked.connect(lambda index: self.tools.toggle(index.row()))  # a tool row's result folds and unfolds
         self.panel.sig_open.connect(self.open_conversation)
         self.panel.sig_rename.connect(self.rename_conversation)
         self.panel.sig_delete.connect(self.delete_conversation)
@@ -117,12 +136,13 @@ class ChatPage(QWidget):
         self.toolbar.sig_export.connect(lambda: dialogs.export_chat(self))
         self.toolbar.sig_import.connect(lambda: dialogs.import_chat(self))
         bridge.sig_worker_died.connect(self._on_worker_died)
+        bridge.sig_ready.connect(lambda info: self.docs.refresh())
         bridge.sig_worker_restarted.connect(self._on_worker_restarted)
         self.open_latest()
 
     @property
     def busy(self) -> bool:
-        return self.replies.busy
+        return self.replies.busy or self.tools.busy
 
     @property
     def model(self) -> str | None:
@@ -226,6 +246,9 @@ class ChatPage(QWidget):
         if conversation.model_id:
             self._model = conversation.model_id
         self.toolbar.select_model(self._model)
+        self.docs.default_name = f"chat-{conversation.id}"
+        self.docs.set_collection(conversation.settings.get(DOCS_KEY) or None)
+        self.tools.show_conversation(conversation.settings)
         self._reload()
         self.refresh_list()
 
@@ -233,7 +256,12 @@ class ChatPage(QWidget):
         if self.conversation is None:
             return
         messages = self.store.messages(self.conversation.id)
-        self.transcript.set_messages([ChatMessage.from_record(m) for m in messages])
+        parts = self.store.conversation_parts(self.conversation.id)
+        shown = tool_rows(messages, parts)  # the messages, each tool call (and result) after the reply that made it
+        for row in shown:  # a reply's sources are its "source" parts, shown under it
+            if row.message_id in parts and sources_of(parts[row.message_id]):
+                row.stats = dict(row.stats, sources=sources_of(parts[row.message_id]))
+        self.transcript.set_messages(shown)
         replies = [m for m in messages if m.role is Role.ASSISTANT and m.meta.get("context")]
         self.context_bar.show_context(replies[-1].meta["context"] if replies else None)
         self.view.scrollToBottom()
@@ -285,6 +313,7 @@ class ChatPage(QWidget):
 
     def stop(self) -> None:
         self.replies.stop()
+        self.tools.stop()
 
     def request_params(self, reply_id: int) -> dict[str, Any]:
         """What the worker is sent for the stored reply `reply_id`: the system prompt, the turns
@@ -293,15 +322,17 @@ class ChatPage(QWidget):
         turns: list[dict[str, str]] = []
         if self.conversation.system_prompt:
             turns.append({"role": "system", "content": self.conversation.system_prompt})
-        for m in self.store.messages(self.conversation.id):
-            if m.id == reply_id:
-                break
-            if m.content or m.role is not Role.ASSISTANT:
-                turns.append({"role": m.role.value, "content": m.content})
+        messages, parts = self.store.messages(self.conversation.id), self.store.conversation_parts(self.conversation.id)
+        turns += tool_turns(messages, parts, reply_id)  # with the tool calls and results of earlier rounds
         params: dict[str, Any] = {"messages": turns, "model": self._model, "sampling": self.sampling.to_dict(),
                                   "context_policy": generation.context_policy_from(self.conversation.settings)}
         if self.chat_template:
             params["chat_template"] = self.chat_template
+        if self.conversation.settings.get(DOCS_KEY):
+            params["docs"] = {"collection": self.conversation.settings[DOCS_KEY]}
+        self.tools.attach(params, [m for m in messages if m.id != reply_id], parts)
+        if self.conversation.settings.get("speculate"):  # the chat settings' choice; else the worker's saved default
+            params["speculate"] = str(self.conversation.settings["speculate"])
         prefs = {"context_length": self.context_length or None, "kv_policy": self.conversation.settings.get("kv_policy")}
         if any(prefs.values()):
             params["prefs"] = {k: v for k, v in prefs.items() if v}
@@ -309,8 +340,13 @@ class ChatPage(QWidget):
 
     def _run(self, reply_id: int) -> None:
         self._reload()
-        self.replies.start(self.store, reply_id, self.request_params(reply_id))
+        self.tools.when_ready(lambda: self.replies.start(self.store, reply_id, self.request_params(reply_id)))
         self.refresh_list()
+
+    def continue_reply(self) -> None:
+        """Every tool call of the last reply has its result: the model goes on in a new reply."""
+        if self.conversation is not None and not self.replies.busy:
+            self._run(self.store.add_message(self.conversation.id, Role.ASSISTANT, state=MessageState.STREAMING).id)
 
     # ---- settings, model, files ---------------------------------------------------------------
 
@@ -321,7 +357,8 @@ class ChatPage(QWidget):
         if system_prompt is not None:
             changes["system_prompt"] = system_prompt
         if settings is not None:
-            changes["settings"] = settings
+            docs = self.conversation.settings.get(DOCS_KEY)
+            changes["settings"] = {**({DOCS_KEY: docs} if docs and DOCS_KEY not in settings else {}), **settings}
         self.conversation = self.store.update_conversation(self.conversation.id, **changes)
         self.sampling = generation.sampling_from(self.conversation.settings)
         self.context_length = generation.context_length_from(self.conversation.settings)
@@ -359,6 +396,40 @@ class ChatPage(QWidget):
         conversation = transfer.import_conversation(self.store, path)
         self._show(conversation)
         return conversation
+
+    # ---- documents ----------------------------------------------------------------------------
+
+    def set_documents(self, name: str | None) -> None:
+        """Answer this conversation from the collection ``name`` (None: from no documents)."""
+        assert self.conversation is not None
+        settings = {k: v for k, v in self.conversation.settings.items() if k != DOCS_KEY}
+        self.conversation = self.store.update_conversation(self.conversation.id, settings={**settings, **({DOCS_KEY: name} if name else {})})
+        self.docs.set_collection(name)
+
+    def attach_paths(self, paths: list[str]) -> None:
+        """Attach files and folders to the conversation (its collection is made when it has none)."""
+        self.docs.attach(paths)
+
+    def open_link(self, row: int, anchor: str) -> PassageView | None:
+        """A link in the transcript: a reply's source ([n] or the sources line) opens its passage."""
+        source = source_for_anchor(anchor, self.transcript.message(row).stats.get("sources") or [])
+        if source is None:
+            return None
+        view = PassageView(source, self)
+        view.setModal(False)
+        view.show()
+        self.passage_view = view
+        return view
+
+    def dragEnterEvent(self, event: Any) -> None:
+        if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: Any) -> None:
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.attach_paths(paths)
 
     def _choose_model(self, model_id: str | None) -> None:
         self.model = model_id

@@ -7,24 +7,30 @@ complete, or interrupted (stopped, worker killed, failed) with its partial text 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.chats import MessageState
+from app.chats import ChatStoreError, MessageState
 from app.runtime.protocol import ErrorKind, Method, RuntimeFailure
 from app.ui.bridge import RuntimeBridge
+from app.ui.chat import sources as answer_sources
 from app.ui.chat.recorder import ReplyRecorder
 from app.ui.errors import worded
 from app.ui.request import Request
 from app.ui.chat.transcript import ChatMessage, TranscriptModel
 
 
+log = logging.getLogger(__name__)
+
+
 class ReplyRunner(QObject):
     sig_busy = Signal(bool)
     sig_hint = Signal(str)  # a line for the page's hint label ("" clears it)
     sig_speed = Signal(float)  # live decode tokens/s
+    sig_speculation = Signal(str)  # the last reply's speculation in a few words (acceptance rate), "" when none ran
     sig_model_loading = Signal(str)
     sig_model_used = Signal(str)
     sig_planned = Signal(dict)  # the progress record of the plan a load inside the chat chose
@@ -39,6 +45,7 @@ class ReplyRunner(QObject):
         self.request: Request | None = None
         self.last_params: dict[str, Any] = {}
         self._message_id: int | None = None
+        self._store: Any = None  # the ChatStore the reply is recorded in (its sources go there too)
         self.tokens_streamed = 0  # tokens of the current (or last) reply, counted as they arrive
         self._first_token_at = 0.0
 
@@ -49,6 +56,7 @@ class ReplyRunner(QObject):
     def start(self, store: Any, message_id: int, params: dict[str, Any]) -> None:
         """Stream the answer to `params` into the stored `streaming` message `message_id`."""
         self._message_id, self.tokens_streamed, self._first_token_at = message_id, 0, 0.0
+        self._store = store
         self.recorder.start(store, message_id)
         self.last_params = params
         self.request = (self._bridge.run(Method.CHAT, params)
@@ -108,10 +116,12 @@ class ReplyRunner(QObject):
             meta["model"] = str(result["model"])
         if result.get("template"):  # "model", "override" or "fallback" (the model's failed: ChatML)
             meta["template"] = str(result["template"])
+        shown = self._keep_sources(result.get("docs"), meta)
+        self.sig_speculation.emit(speculation_text(result.get("speculation")))
         cancelled = result.get("finish_reason") == "cancelled"
         self.sig_hint.emit("Stopped." if cancelled else "")
         self._end(MessageState.INTERRUPTED if cancelled else MessageState.COMPLETE, meta,
-                  "interrupted" if cancelled else "complete")
+                  "interrupted" if cancelled else "complete", shown)
         if result.get("model"):
             self.sig_model_used.emit(str(result["model"]))
 
@@ -123,12 +133,38 @@ class ReplyRunner(QObject):
         if not died and row >= 0:  # a death is reported once, by the page's worker-died notice
             self._transcript.append(ChatMessage("notice", worded(failure)))
 
-    def _end(self, state: MessageState, meta: dict[str, Any], shown_state: str) -> None:
+    def _keep_sources(self, docs: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        """Store the passages the reply was given as its "source" parts, and what the meta keeps about
+        them; returns the row's stats (the meta plus the sources, shown under the reply)."""
+        parts = answer_sources.source_parts(docs)
+        if answer_sources.docs_meta(docs):
+            meta["docs"] = answer_sources.docs_meta(docs)
+        if parts and self._store is not None and self._message_id is not None:
+            try:
+                self._store.add_parts(self._message_id, parts)
+            except ChatStoreError:
+                log.exception("could not store the sources of message %s", self._message_id)
+        return dict(meta, sources=[data for _, data in parts]) if parts else meta
+
+    def _end(self, state: MessageState, meta: dict[str, Any], shown_state: str, shown: dict[str, Any] | None = None) -> None:
         self.recorder.finish(state, meta)
         row = self._row()
         if row >= 0:
-            self._transcript.finish(row, shown_state, meta if "tokens" in meta else None)
+            self._transcript.finish(row, shown_state, (shown or meta) if "tokens" in meta else None)
             self.sig_row_changed.emit(row)
         self.request, self._message_id = None, None
         self.sig_busy.emit(False)
         self.sig_finished.emit(meta)
+
+
+def speculation_text(spec: Any) -> str:
+    """What the status bar says about a reply's speculative decoding: the acceptance rate and tokens
+    per verify step, or that it was off (the reason is in the chat settings' tooltip and the log)."""
+    if not isinstance(spec, dict):
+        return ""
+    if spec.get("off"):
+        return "speculation off"
+    drafted, accepted, steps = int(spec.get("drafted") or 0), int(spec.get("accepted") or 0), int(spec.get("steps") or 0)
+    if not drafted or not steps:
+        return "speculation: no guesses"
+    return f"speculation {accepted / drafted:.0%} accepted · {1 + accepted / steps:.1f} tokens/step"

@@ -32,6 +32,13 @@ BACKEND_LABELS: dict[str, str] = {
     "llama.cpp": "llama.cpp",
     "torch": "torch (transformers; a GGUF is dequantized)",
 }
+SPECULATE_KEY = "speculate"  # in the conversation's settings blob; sent as ChatParams.speculate ("" = the saved default)
+SPECULATE_LABELS: dict[str, str] = {
+    "": "Default (the app setting; automatic unless changed)",
+    "auto": "Automatic (on where the measured costs say it pays)",
+    "lookup": "Prompt lookup (guess from the conversation's own text)",
+    "off": "Off",
+}
 KV_POLICY_KEY = "kv_policy"  # in the conversation's settings blob; sent as a planner preference
 # The torch backend's KV cache (app/runtime/kv): "" = the planner's choice. llama.cpp ignores it.
 KV_POLICY_LABELS: dict[str, str] = {
@@ -114,6 +121,15 @@ class SettingsDialog(QDialog):
             self.kv_policy.addItem(label, policy)
         self.kv_policy.setCurrentIndex(max(self.kv_policy.findData(str(settings.get(KV_POLICY_KEY) or "")), 0))
         self.kv_policy.setToolTip("torch backend only: how the KV cache is kept within its memory budget")
+        self.speculate = QComboBox(self)
+        for mode, label in SPECULATE_LABELS.items():
+            self.speculate.addItem(label, mode)
+        saved_mode = str(settings.get(SPECULATE_KEY) or "")
+        if saved_mode and self.speculate.findData(saved_mode) < 0:  # draft:MODEL, set elsewhere: kept and shown
+            self.speculate.addItem(f"Draft model {saved_mode[len('draft:'):]}", saved_mode)
+        self.speculate.setCurrentIndex(max(self.speculate.findData(saved_mode), 0))
+        self.speculate.setToolTip("Speculative decoding: guess several tokens cheaply and check them in one step of the model. "
+                                  "The reply is the same; only its speed changes. Off while a tool or JSON grammar constrains it.")
         self.idle = QComboBox(self)
         for minutes in generation.IDLE_CHOICES:
             self.idle.addItem(f"After {minutes} minutes without a request" if minutes else "Never", minutes)
@@ -132,6 +148,7 @@ class SettingsDialog(QDialog):
                            ("Max reply tokens", self.max_tokens), ("Seed", self.seed), ("Stop strings", self.stop),
                            ("Context length", self.context), ("When the context is full", self.policy),
                            ("Backend for this model", self.backend), ("KV cache (torch)", self.kv_policy),
+                           ("Speculative decoding", self.speculate),
                            ("Unload the model", self.idle)):
             form.addRow(label, box)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
@@ -152,6 +169,7 @@ class SettingsDialog(QDialog):
                                         context_policy=str(self.policy.currentData()))
         blob[BACKEND_KEY] = self.backend_choice()
         blob[KV_POLICY_KEY] = str(self.kv_policy.currentData()) or None
+        blob[SPECULATE_KEY] = str(self.speculate.currentData()) or None
         return blob
 
     def backend_choice(self) -> str:

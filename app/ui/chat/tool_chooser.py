@@ -16,6 +16,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QToolButton, QWidget
 
+from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
 
 SETTINGS_KEY = "mcp_servers"  # in a conversation's settings: the names of the servers it uses
@@ -58,7 +59,7 @@ class ToolChooser(QToolButton):
 
     def refresh(self) -> None:
         """Ask the runtime for the configured servers (and their state) again."""
-        self._bridge.run("mcp.servers", owner=self).on_success(self._listed)
+        self._bridge.run(Method.MCP_SERVERS, owner=self).on_success(self._listed)
 
     def set_chosen(self, names: list[str]) -> None:
         """The conversation's choice (no signal: nothing changed for it)."""
@@ -117,7 +118,7 @@ class ToolChooser(QToolButton):
         except (OSError, ValueError) as exc:
             self.sig_problem.emit(f"Could not read {path}: {exc}")
             return
-        self._bridge.run("mcp.import", {"text": text}, owner=self).on_success(self._imported).on_failure(
+        self._bridge.run(Method.MCP_IMPORT, {"text": text}, owner=self).on_success(self._imported).on_failure(
             lambda failure: self.sig_problem.emit(failure.message))
 
     def _imported(self, result: dict[str, Any]) -> None:

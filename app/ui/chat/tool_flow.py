@@ -18,6 +18,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from app.chats import Message, MessagePart, PartKind, Role
+from app.runtime.protocol import Method
 from app.ui.bridge import RuntimeBridge
 from app.ui.chat.replies import ReplyRunner
 from app.ui.chat.tool_cards import ALWAYS, DENY, ToolCardsPanel
@@ -154,7 +155,7 @@ class ToolFlow(QObject):
         if not names:
             self._start_waiting()
             return
-        self._bridge.run("mcp.tools", {"servers": names}, owner=self).on_success(
+        self._bridge.run(Method.MCP_TOOLS, {"servers": names}, owner=self).on_success(
             lambda result: self._fetched(names, result)).on_failure(lambda failure: self._fetched(names, None, worded(failure)))
 
     def _fetched(self, names: list[str], result: dict[str, Any] | None, problem: str = "") -> None:
@@ -247,7 +248,7 @@ class ToolFlow(QObject):
                                       "is_error": True})
             return
         self.sig_hint.emit(f"Running {call['name']}…")
-        self._bridge.run("mcp.call", {"server": call["server"], "tool": call["tool"], "arguments": arguments}, owner=self).on_success(
+        self._bridge.run(Method.MCP_CALL, {"server": call["server"], "tool": call["tool"], "arguments": arguments}, owner=self).on_success(
             lambda result: self._settle(call["id"], result)).on_failure(
             lambda failure: self._settle(call["id"], {"content": worded(failure), "is_error": True}))
 

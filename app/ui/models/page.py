@@ -33,6 +33,7 @@ from app.ui.request import Request
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("Name", "name"),
+    ("Kind", "embedding"),  # an embedding model turns text into vectors (/v1/embeddings); it cannot chat
     ("Architecture", "architecture"),
     ("Parameters", "parameters"),
     ("Quantization", "quantization"),
@@ -51,6 +52,8 @@ def _format(key: str, value: Any) -> str:
         return fmt_bytes(value)
     if key == "context_length":
         return f"{value:,}"
+    if key == "embedding":
+        return "Embedding" if value is True else "Chat"
     if key == "fit":
         return str(value.get("summary", "")) if isinstance(value, dict) else ""
     return str(value)
@@ -178,7 +181,12 @@ class ModelsPage(QWidget):
 
     def _use(self, row: int) -> None:
         if 0 <= row < self.table_model.rowCount():
-            self.sig_load_requested.emit(str(self.table_model.model_at(row)["id"]))
+            model = self.table_model.model_at(row)
+            if model.get("embedding"):
+                self.status.setText(f"{model['name']} is an embedding model: it turns text into vectors for search "
+                                    "(the API's /v1/embeddings, document collections) and cannot chat.")
+                return
+            self.sig_load_requested.emit(str(model["id"]))
 
     def _change(self, method: Method, params: dict[str, Any]) -> None:
         """A delete, an import or an added folder: the library is read again after each."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,30 @@ def test_hearth_docs_on_the_command_line(corpus: Any, tmp_path: Path) -> None:
     assert hearth("rm", "cli").returncode == 0
     missing = hearth("search", "cli", "glacier")
     assert missing.returncode == 1 and missing.stderr.startswith("hearth: There is no document collection 'cli'")
+
+
+def test_documents_are_embedded_with_the_model_the_settings_name_and_searched_hybrid(corpus: Any) -> None:
+    """No embedding model in the library: keyword search only (a chat model is never taken behind
+    the person's back). Named in the settings (here the chat model SmolLM2, deliberately): every
+    chunk gets a vector from it and the search fuses both rankings."""
+    from app import settings as app_settings
+    from app.runtime.library import embedded_model_path
+
+    before = app_settings.load()
+    plain = InProcessClient()
+    try:
+        report = plain.call(Method.DOCS_ADD, {"name": "plain", "paths": [str(corpus.root / "club" / "minutes.docx")]})
+        assert report["vectors"] == 0 and report["embedder"] is None
+        assert plain.call(Method.DOCS_SEARCH, {"name": "plain", "query": "treasurer"})["ranking"] == "bm25"
+    finally:
+        plain.close()
+    app_settings.save(replace(before, docs_embedder=str(embedded_model_path())))
+    named = InProcessClient()
+    try:
+        report = named.call(Method.DOCS_ADD, {"name": "dense", "paths": [str(corpus.root / "club" / "minutes.docx")]})
+        assert report["embedder"] and report["vectors"] == report["chunks"] > 0
+        found = named.call(Method.DOCS_SEARCH, {"name": "dense", "query": "Who was elected treasurer of the rowing club?", "k": 3})
+        assert found["ranking"] == "hybrid" and found["hits"][0]["name"] == "minutes.docx"
+    finally:
+        named.close()
+        app_settings.save(before)
