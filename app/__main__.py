@@ -8,6 +8,7 @@ imported. A frozen build has no ``python -m``: the launcher re-runs this executa
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +36,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def install_http_front() -> None:
     """Hand the HTTP server (app.server, a client of the runtime) to this process's runtime, which
-    starts it on `server.start` without importing it: this is the one place that knows both."""
-    from app.runtime.services.server import use_front
-    from app.server.front import HttpFront
+    starts it on `server.start` without importing it: this is the one place that knows both.
+    Light on purpose: it runs before the CLI routes library logs to its log file."""
+    from app.runtime.fronts import use_front
 
-    use_front(HttpFront)
+    def front() -> Any:
+        from app.server.front import HttpFront  # FastAPI and uvicorn only when a server starts
+
+        return HttpFront()
+
+    use_front(front)
 
 
 def _child(role: str) -> int:

@@ -81,3 +81,19 @@ def test_starting_the_window_loads_no_runtime_library() -> None:
     loaded = json.loads(out.strip().splitlines()[-1])
     heavy = [m for m in loaded if any(_is(m, h) for h in HEAVY)]
     assert heavy == []
+
+
+def test_handing_the_http_server_to_the_runtime_loads_no_library() -> None:
+    """The entry point hands the server over before the CLI routes library logs to its log file: a
+    library imported by then (huggingface_hub) keeps its own handler on the terminal's stderr and
+    prints its retry warnings there (a regression `hearth models pull` caught)."""
+    code = (
+        "import json, sys\n"
+        "from app.__main__ import install_http_front\n"
+        "install_http_front()\n"
+        "print(json.dumps(sorted(m for m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    heavy = [m for m in loaded if any(_is(m, h) for h in (*HEAVY, "huggingface_hub", "fastapi", "uvicorn"))]
+    assert heavy == []

@@ -1,6 +1,6 @@
 """The HTTP server as this process's front: what `server.start` starts, handed to the runtime by
-the process's entry point (`app.__main__.install_http_front`, through the runtime's `use_front`
-hook), so that the runtime never imports the server and the server only talks to a client.
+the process's entry point (`app.__main__.install_http_front`, through `app.runtime.fronts.use_front`),
+so that the runtime never imports the server and the server only talks to a client.
 
 The front owns the request log, so the Server page's log survives a restart of the server.
 """

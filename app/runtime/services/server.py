@@ -3,7 +3,7 @@
 The HTTP server itself is `app.server`, a client of the runtime like the studio and the CLI: it
 turns each API request into a `server.generate` job and knows nothing else of the runtime. It
 runs in the process that owns the engine (the worker for the GUI, the CLI process for `hearth
-serve`), as this process's *front*: the process's entry point hands one over with `use_front`
+serve`), as this process's *front*: the process's entry point hands one over with `fronts.use_front`
 (`app.server.front.HttpFront`), so the runtime never imports the server. Its requests reach this
 process's dispatcher through a `LocalClient` (see `attach`), so they queue first in, first out
 with the GUI's chats on the one engine thread.
@@ -20,12 +20,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from app.runtime import library
 from app.runtime.jobs import JobContext, MethodSpec, Mode
 from app.runtime.protocol import ErrorKind, Method, NoParams, RuntimeFailure, Sampling, omitted_when_none
-from app.runtime.client import RuntimeClient
+from app.runtime import fronts
+from app.runtime.fronts import Front, RunningFront
 from app.runtime.local_client import LocalClient, Submit
 from app.runtime.services.engine import ChatResult, EngineLoadParams, EngineService
 
@@ -87,35 +88,6 @@ class ServerGenerateParams:
     parallel_tool_calls: bool = True
 
 
-class RunningFront(Protocol):
-    """A started HTTP front: where it listens, how full its queue is, and how to stop it."""
-
-    url: str
-
-    def status(self) -> dict[str, Any]: ...  # {"running", "url", "port", "queue": {"used", "limit"}}
-
-    def public_config(self) -> dict[str, Any]: ...  # the settings it runs with, without the key
-
-    def stop(self) -> None: ...
-
-
-class Front(Protocol):
-    """What serves HTTP for this process (`app.server.front.HttpFront`); it keeps its request log
-    across restarts."""
-
-    def check(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The saved settings with ``options`` over them, refused in words when unsafe (a
-        non-loopback address without a key...) before anything is loaded."""
-        ...
-
-    def start(self, client: RuntimeClient, settings: dict[str, Any]) -> RunningFront: ...
-
-    def log_since(self, seq: int) -> list[dict[str, Any]]: ...
-
-
-_front_factory: Callable[[], Front] | None = None
-
-
 def library_model(model_ref: str | None, models: list[library.ModelInfo]) -> library.ModelInfo:
     """A model of the library by id or name (case-insensitive); None is the embedded one. Anything
     else, a path on this machine included, is MODEL_NOT_FOUND in the same words."""
@@ -126,13 +98,6 @@ def library_model(model_ref: str | None, models: list[library.ModelInfo]) -> lib
         if wanted == model.id or wanted.lower() == model.name.lower():
             return model
     raise RuntimeFailure(ErrorKind.MODEL_NOT_FOUND, f"No model called {model_ref!r} in the library. GET /v1/models lists them.")
-
-
-def use_front(factory: Callable[[], Front]) -> None:
-    """Called once by the process's entry point (app/__main__.py; the tests' conftest) with the
-    HTTP server's front, so that `server.start` can start it without the runtime importing it."""
-    global _front_factory
-    _front_factory = factory
 
 
 class ServerService:
@@ -148,9 +113,7 @@ class ServerService:
     @property
     def front(self) -> Front:
         if self._front is None:
-            if _front_factory is None:
-                raise RuntimeFailure(ErrorKind.INTERNAL, "This process has no HTTP server (app.server was not handed to the runtime).")
-            self._front = _front_factory()
+            self._front = fronts.make()
         return self._front
 
     def attach(self, submit: Submit) -> None:
