@@ -98,7 +98,6 @@ def _kill_parent_and_check_the_tree(parent: subprocess.Popen[bytes], role: str) 
     assert not alive, f"still running {GONE_WITHIN_S:g} s after the app was killed: {[(p.pid, p.cmdline()) for p in alive]}"
 
 
-@pytest.mark.timeout(600)
 def test_killing_the_app_during_training_ends_the_worker_and_the_trainer(gui_like_parent: Any, smollm2_hf: Path, tmp_path: Path) -> None:
     settings = {"max_steps": 50, "batch_size": 2, "seq_length": 64, "threads": 1, "rank": 4, "alpha": 8, "validation_fraction": 0.0}
     params = {"base": str(smollm2_hf), "data": str(FACTS / "train.jsonl"), "output": str(tmp_path / "run"), "settings": settings}
@@ -107,7 +106,6 @@ def test_killing_the_app_during_training_ends_the_worker_and_the_trainer(gui_lik
     _kill_parent_and_check_the_tree(parent, "finetune")
 
 
-@pytest.mark.timeout(600)
 def test_killing_the_app_during_a_quantization_ends_the_worker_and_the_quantizer(gui_like_parent: Any, model_path: Path, tmp_path: Path) -> None:
     params = {"model": str(model_path), "targets": ["Q8_0"], "evaluate": False, "output_dir": str(tmp_path / "out")}
     parent, events = gui_like_parent("quantize.run", params)

@@ -73,7 +73,6 @@ def test_an_adapter_folder_resolves_over_its_base(smollm2_hf: Path, lora: Path, 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_a_finished_finetune_is_a_model_you_can_chat_with(smollm2_hf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from app.cli import main
     from app.paths import paths

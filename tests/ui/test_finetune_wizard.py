@@ -19,7 +19,6 @@ from app.ui.wizards.finetune import FinetunePage
 
 FACTS = Path(__file__).parents[1] / "data" / "facts" / "train.jsonl"
 
-pytestmark = pytest.mark.timeout(600)  # CPU training on a busy 2-core machine
 
 
 @pytest.fixture

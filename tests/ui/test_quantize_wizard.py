@@ -53,7 +53,6 @@ def bridge(qtbot: Any, library_home: Path) -> Iterator[RuntimeBridge]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # may be the first to need the shared pipeline run
 def test_wizard_first_page_to_chat(qtbot: Any, bridge: RuntimeBridge, library_home: Path) -> None:
     page = QuantizePage(bridge)
     qtbot.addWidget(page)

@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.runtime.finetune import evaluate, export
 
 from .conftest import Recorder, heldout
-
-pytestmark = pytest.mark.timeout(900)  # CPU training on a busy 2-core machine
 
 
 def _llama_answers(gguf: Path, questions: list[str]) -> list[str]:

@@ -21,7 +21,6 @@ from .conftest import FACTS, Recorder
 TINY = {"rank": 4, "alpha": 8, "learning_rate": 1e-3, "epochs": 1.0, "max_steps": 6, "batch_size": 2, "seq_length": 64,
         "threads": 2, "save_steps": 2, "eval_steps": 100, "sample_steps": 100, "validation_fraction": 0.0}
 
-pytestmark = pytest.mark.timeout(600)  # CPU training on a busy 2-core machine
 
 
 def training_child() -> psutil.Process:

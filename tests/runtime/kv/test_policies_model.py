@@ -15,7 +15,6 @@ from app.runtime.texts import held_out_text, long_text
 N_NEW = 20
 # The shared smollm2_hf fixture converts the GGUF once per session (20 s alone, minutes on a busy
 # machine); it counts against the first test here.
-pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")

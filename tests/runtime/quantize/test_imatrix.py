@@ -244,7 +244,6 @@ def test_compute_imatrix_is_a_child_job_that_cancels_cleanly(smollm2_hf: Path, t
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # may be the first to need the shared pipeline run
 def test_hearth_imatrix_then_quantize_with_it(smollm2_hf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`hearth imatrix` (the quantize.imatrix method, a child job) writes a file that
     `hearth quantize --imatrix FILE` hands llama.cpp; the report says which result used it."""

@@ -129,7 +129,6 @@ def test_cancel_or_pause_mid_quantize_leaves_nothing(model_path: Path, tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
 def test_importance_matrix_reaches_llama_cpp(smollm2_hf: Path, tmp_path: Path) -> None:
     import gguf
 

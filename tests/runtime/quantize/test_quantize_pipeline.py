@@ -31,7 +31,6 @@ qf = _fixture_module()
 EVAL_TOKENS = qf.EVAL_TOKENS
 # The shared run is the whole pipeline (HF conversion, three evaluations): about a minute on an idle
 # machine, several on a busy one; the first test's setup pays for it.
-pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,6 @@ def test_each_row_says_how_it_was_made(run: tuple[dict[str, Any], Path, Any]) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
 def test_types_that_need_an_imatrix_exist_only_with_one(run: tuple[dict[str, Any], Path, Any], smollm2_hf: Path, tmp_path: Path) -> None:
     from app.runtime.protocol import RuntimeFailure
 

@@ -119,7 +119,6 @@ def test_a_measured_evaluation_beats_the_table(model_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # may be the first to need the shared pipeline run
 def test_cli_quantize_json(smollm2_hf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from app.cli import main
 
