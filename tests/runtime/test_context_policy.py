@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from app.runtime.backends import context as ctxw
-from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import ErrorKind, RuntimeFailure
 
 ROLE = {"system": 1, "user": 2, "assistant": 3}
 START, END = 10, 11

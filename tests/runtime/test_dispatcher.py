@@ -15,7 +15,8 @@ import pytest
 
 from app.runtime.dispatcher import Dispatcher
 from app.runtime.jobs import JobContext, MethodSpec, Mode
-from app.runtime.protocol import ChatParams, Event, EventKind, NoParams, Request
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import Event, EventKind, NoParams, Request
 from app.runtime.services import Services
 
 

@@ -11,7 +11,8 @@ from app.runtime import hardware, library
 from app.runtime.dispatcher import Dispatcher
 from app.runtime.jobs import JobContext, MethodSpec
 from app.runtime.planner import load_profile
-from app.runtime.protocol import ChatParams, Event, EventKind, NoParams, Request
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import Event, EventKind, NoParams, Request
 from app.runtime.services.engine import EngineLoadParams, EngineService
 
 

@@ -6,18 +6,9 @@ import json
 
 import pytest
 
-from app.runtime.protocol import (
-    ChatParams,
-    ErrorKind,
-    Event,
-    EventKind,
-    ProtocolError,
-    Request,
-    RuntimeFailure,
-    Sampling,
-    decode_event,
-    decode_request,
-)
+from app.runtime.chat_params import ChatParams
+
+from app.runtime.protocol import ErrorKind, Event, EventKind, ProtocolError, Request, RuntimeFailure, Sampling, decode_event, decode_request
 
 
 def test_request_round_trip() -> None:

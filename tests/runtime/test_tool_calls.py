@@ -16,7 +16,8 @@ from app.runtime import hardware, library
 from app.runtime.backends.base import Completion
 from app.runtime.backends.llama_cpp import LlamaCppBackend
 from app.runtime.jobs import JobContext
-from app.runtime.protocol import ChatParams, Event, EventKind
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import Event, EventKind
 from app.runtime.services.engine import EngineService
 from app.runtime.tools.calls import for_backend
 from app.runtime.tools.grammar import CallMask

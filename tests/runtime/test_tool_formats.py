@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.runtime.backends.base import Completion
-from app.runtime.protocol import ChatParams, ErrorKind, RuntimeFailure
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import ErrorKind, RuntimeFailure
 from app.runtime.tools import formats, schema
 from app.runtime.tools.calls import ToolRun, new_call_id
 

@@ -31,7 +31,8 @@ from app.runtime.planner import torch_plan
 from app.runtime.measurements import FileMeasurementStore, MeasurementStore
 from app.runtime.planner.measured import calibration as saved_calibration
 from app.runtime.planner.torch_plan import TorchPrefs
-from app.runtime.protocol import ChatParams, ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
 from app.runtime.spec.setup import Speculators
 
 log = logging.getLogger(__name__)

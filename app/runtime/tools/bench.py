@@ -34,7 +34,7 @@ def run(*, model_path: str | Path | None = None, max_tokens: int = MAX_TOKENS, n
     from app.runtime import bench
     from app.runtime.backends.llama_cpp import LlamaCppBackend
     from app.runtime.library import embedded_model_path
-    from app.runtime.protocol import ChatParams
+    from app.runtime.chat_params import ChatParams
     from app.runtime.tools.calls import for_backend
 
     path = Path(model_path) if model_path else embedded_model_path()

@@ -16,7 +16,8 @@ from app.runtime.docs.chat import documents_budget, place
 from app.runtime.docs.indexer import index_collection
 from app.runtime.docs.retrieve import Passage, Retrieval
 from app.runtime.jobs import JobContext
-from app.runtime.protocol import ChatParams, RuntimeFailure
+from app.runtime.chat_params import ChatParams
+from app.runtime.protocol import RuntimeFailure
 from app.runtime.services.engine import EngineService
 
 LIMIT = 64 * 2**20
