@@ -105,12 +105,9 @@ def router(client: RuntimeClient, config: ServerConfig, log: RequestLog, slots: 
         try:
             first: list[Event] = []
             while True:  # until the first token (streams) or the result
-                event = await job.next(disconnected)
+                event = await job.first_wait(disconnected, entry, arrived)
                 if event is None:
-                    entry.update(error="the client went away while waiting")
                     return JSONResponse({}, status_code=499)
-                if job.started_at is not None:
-                    entry["queued_ms"] = round((job.started_at - arrived) * 1000, 1)
                 if event.event is EventKind.ERROR:
                     raise AnthropicError.from_failure(failure_from_event(event))
                 if event.event is EventKind.TOKEN:

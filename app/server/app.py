@@ -139,12 +139,9 @@ def create_app(client: RuntimeClient, config: ServerConfig, log: RequestLog, slo
         try:
             first: list[Any] = []
             while True:  # until the first token (streams) or the result
-                event = await job.next(disconnected)
+                event = await job.first_wait(disconnected, entry, arrived)
                 if event is None:
-                    entry.update(error="the client went away while waiting")
                     return JSONResponse({}, status_code=499)
-                if job.started_at is not None:
-                    entry["queued_ms"] = round((job.started_at - arrived) * 1000, 1)
                 if event.event is EventKind.ERROR:
                     failure = failure_from_event(event)
                     raise ApiError.from_failure(failure)

@@ -88,6 +88,16 @@ class Job:
             self.finished = True
         return event
 
+    async def first_wait(self, disconnected: asyncio.Future[None], entry: dict[str, Any], arrived: float) -> Event | None:
+        """`next` while the request waits for its first event, noting in the request log how long
+        it queued, or that its client left (None: the route answers 499)."""
+        event = await self.next(disconnected)
+        if event is None:
+            entry.update(error="the client went away while waiting")
+        elif self.started_at is not None:
+            entry["queued_ms"] = round((self.started_at - arrived) * 1000, 1)
+        return event
+
     def _end(self) -> None:
         if not self._ended:
             self._ended = True
