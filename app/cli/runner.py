@@ -41,6 +41,9 @@ EXIT_USAGE = 2
 EXIT_STOPPED = 130  # 128 + SIGINT: cancelled or paused (by Ctrl-C, or from elsewhere)
 
 POLL_S = 0.1  # how often the wait for events looks at Ctrl-C presses
+# Progress stages not drawn: a chat's live speculation numbers (for the studio's status bar) would
+# flicker on the terminal line between tokens; `hearth chat --stats` prints the final ones.
+UNDRAWN_STAGES = frozenset({"speculation"})
 
 Resume = str | Callable[[dict[str, Any]], str]
 
@@ -117,7 +120,7 @@ class Session:
                         if on_token is not None:
                             on_token(str(event.data.get("text", "")))
                     elif event.event is EventKind.PROGRESS:
-                        if bar is not None:
+                        if bar is not None and event.data.get("stage") not in UNDRAWN_STAGES:
                             bar.update(event.data)
                     elif event.event is EventKind.LOG:
                         log.info("%s: %s", method, event.data.get("message"))

@@ -9,12 +9,14 @@
   constrains the reply: the verify step would have to run the constraint on tokens it may reject.
 
 Both are plain callables/objects with no llama.cpp in them, so they are testable alone and a
-second backend can adopt them.
+second backend can adopt them. `SpeculationReporter` is the one throttle both backends report a
+reply's running speculation through (the studio's live acceptance rate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
@@ -72,6 +74,43 @@ class Speculation:
         return {"steps": self.steps, "drafted": self.drafted, "accepted": self.accepted,
                 **({"acceptance": round(rate, 4)} if rate is not None else {}), **({"off": self.off} if self.off else {}),
                 **({"plan": self.plan} if self.plan else {})}
+
+
+SpeculationSink = Callable[[dict[str, Any]], None]  # a reply's speculation so far (`SpeculationReporter.step`)
+REPORT_INTERVAL = 0.25  # seconds between live reports: the status bar reads it, a person cannot read faster
+
+
+class SpeculationReporter:
+    """Hands a reply's speculation so far to ``sink``, at most once per ``interval`` seconds.
+
+    Both token loops call `step` after each verify step (the torch one after each shown piece, as
+    SpecExec counts its steps inside its own generator); the sink gets `Speculation.to_dict()`
+    without the plan (it does not change during a reply, and the final result carries it) plus
+    ``tokens`` generated so far. The first verified guess is always reported, so even a short
+    reply shows a rate before it ends; after that, at most one report per interval, never one per
+    token: each report is a progress event that crosses the worker's pipe. ``clock`` is injected
+    by tests.
+    """
+
+    def __init__(self, sink: SpeculationSink | None, *, interval: float = REPORT_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None  # when the last report went out; None before the first
+        self._reported_steps = 0
+
+    def step(self, spec: Speculation | None, *, tokens: int) -> None:
+        """After a verify step: report ``spec`` when a new guess was verified and the interval has passed."""
+        if self._sink is None or spec is None or spec.steps <= self._reported_steps:
+            return  # no sink, nothing verified yet, or nothing new since the last report
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            return
+        self._last, self._reported_steps = now, spec.steps
+        stats = spec.to_dict()
+        stats.pop("plan", None)
+        self._sink({**stats, "tokens": tokens})
 
 
 def apply_constraint(logits: np.ndarray, constraint: Constraint) -> bool:

@@ -29,7 +29,7 @@ from app.runtime.backends import context as window_policy
 from app.runtime.backends import llama_loop
 from app.runtime.backends.base import Completion, IsCancelled, TokenSink
 from app.runtime.backends.context import ContextBudget, Memory, Window
-from app.runtime.backends.hooks import Drafter, LogitsMask
+from app.runtime.backends.hooks import Drafter, LogitsMask, SpeculationSink
 from app.runtime.backends.llama_keep import ConversationKeeper
 from app.runtime.backends.llama_kv import KvSequence
 from app.runtime.backends.llama_loop import Generated, Sampler
@@ -123,10 +123,12 @@ class LlamaCppBackend:
         mask: LogitsMask | None = None,
         drafter: Drafter | None = None,
         render: tuple[Formatter, str] | None = None,
+        on_speculation: SpeculationSink | None = None,
     ) -> Completion:
         """The studio's conversation: kept inside the context by ``context_policy``, its KV reused and shifted.
         ``render`` (messages -> prompt text, and which template that is) replaces the chat template:
-        a request with tools renders them with it (app.runtime.tools), so they count in the window."""
+        a request with tools renders them with it (app.runtime.tools), so they count in the window.
+        ``on_speculation`` gets the drafter's stats while the reply streams (`hooks.SpeculationReporter`)."""
         if context_policy not in window_policy.POLICIES:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown context policy {context_policy!r}. Choose one of: {', '.join(window_policy.POLICIES)}.")
         formatter, template = render if render is not None else self._templates.pick(messages, chat_template)
@@ -154,7 +156,7 @@ class LlamaCppBackend:
         with Sampler(self._kv, sampling) as sampler:
             out = llama_loop.run(
                 self._kv, prompt, sampler, max_tokens=sampling.max_tokens, stop=sampling.stop, on_token=on_token,
-                is_cancelled=is_cancelled, mask=mask, drafter=drafter, make_room=make_room,
+                is_cancelled=is_cancelled, mask=mask, drafter=drafter, make_room=make_room, on_speculation=on_speculation,
             )
         report = self._report(context_policy, state["window"], state["shifted"], out.cached_tokens, prompt_tokens=len(prompt))
         return _completion(out, len(prompt), context=report, template=template)

@@ -12,7 +12,9 @@ then decode it to get the next logits. Two hooks change a step (see `hooks`):
   the rejected drafts is removed (`llama_memory_seq_rm`). Every output token is drawn by the same
   chain, in the same order, from the same logits as plain decoding (batched and one-at-a-time
   logits are bitwise equal on the CPU build), so the output is identical to plain decoding for
-  greedy and seeded sampling alike. Speculation is off while a mask or a grammar is active.
+  greedy and seeded sampling alike. Speculation is off while a mask or a grammar is active. The
+  stats so far go to ``on_speculation`` after verify steps, a few times a second at most
+  (`hooks.SpeculationReporter`), for the studio's live acceptance rate.
 
 Invariant kept with `KvSequence`: the context holds the prompt and every reply token but the last
 one drawn (which is decoded only when the next one is wanted), exactly as plain decoding leaves it,
@@ -28,7 +30,7 @@ from typing import Any
 
 from app.runtime.backends.base import IsCancelled, TokenSink
 from app.runtime.backends.context import common_prefix
-from app.runtime.backends.hooks import Drafter, LogitsMask, Speculation, apply_constraint
+from app.runtime.backends.hooks import Drafter, LogitsMask, Speculation, SpeculationReporter, SpeculationSink, apply_constraint
 from app.runtime.backends.llama_kv import KvSequence
 from app.runtime.backends.streaming import ByteStopText
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
@@ -120,12 +122,15 @@ def run(
     mask: LogitsMask | None = None,
     drafter: Drafter | None = None,
     make_room: MakeRoom | None = None,
+    on_speculation: SpeculationSink | None = None,
 ) -> Generated:
-    """Generate up to ``max_tokens`` after ``prompt``, reusing the longest prefix the context holds."""
+    """Generate up to ``max_tokens`` after ``prompt``, reusing the longest prefix the context holds;
+    ``on_speculation`` gets the drafter's stats so far while the reply streams (throttled)."""
     if not prompt:
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, "The prompt is empty.")
     started = time.perf_counter()
     spec = _speculation(kv, drafter, mask, sampler)
+    reporter = SpeculationReporter(on_speculation)
     cached = kv.cut(min(common_prefix(kv.held(), prompt), len(prompt) - 1))  # at least one token is decoded: fresh logits
     last = _prefill(kv, prompt, cached, is_cancelled)
     if last is None:
@@ -163,6 +168,7 @@ def run(
                 break
         if drafts:
             kv.cut(base + shown)  # the pending token and the drafts up to the last one shown stay
+            reporter.step(spec, tokens=len(generated))
         if shown < len(drawn) or finish != "length" or len(generated) >= max_tokens:
             break
         history += drawn

@@ -32,7 +32,7 @@ from app.runtime.backends.templates import FALLBACK, FALLBACK_TEMPLATE, MODEL, O
 from app.runtime.backends.torch_load import input_device, load_model
 from app.runtime.backends.streaming import StopText
 from app.runtime.backends import torch_spec, torch_spec_setup
-from app.runtime.backends.hooks import LogitsMask, Speculation
+from app.runtime.backends.hooks import LogitsMask, Speculation, SpeculationReporter, SpeculationSink
 from app.runtime.backends.torch_sample import IncrementalText, Sampler, constrain
 from app.runtime.protocol import ErrorKind, RuntimeFailure, Sampling
 
@@ -114,9 +114,11 @@ class TorchBackend:
         mask: LogitsMask | None = None,
         speculate: str | None = None,
         render: tuple[Callable[[Sequence[dict[str, Any]]], str], str] | None = None,
+        on_speculation: SpeculationSink | None = None,
     ) -> Completion:
         """``mask`` constrains each step (a tool-call grammar, `hooks.LogitsMask`); ``render``
-        (messages -> prompt text, and which template that is) replaces the chat template."""
+        (messages -> prompt text, and which template that is) replaces the chat template;
+        ``on_speculation`` gets SpecExec's stats while the reply streams (`hooks.SpeculationReporter`)."""
         if context_policy not in window_policy.POLICIES:
             raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"Unknown context policy {context_policy!r}. Choose one of: {', '.join(window_policy.POLICIES)}.")
         render, template = self._text_render(render) if render is not None else self._pick_template(messages, chat_template)
@@ -134,7 +136,8 @@ class TorchBackend:
             speculation = Speculation(off=self.spec.off_reason(mask is not None, speculate))
             tree = speculation.off is None
             if tree:
-                first_at, n_out, finish, text = self._decode_tree(logits, prompt, sampling, on_token, is_cancelled, speculation)
+                first_at, n_out, finish, text = self._decode_tree(logits, prompt, sampling, on_token, is_cancelled, speculation,
+                                                                  on_speculation)
             else:
                 first_at, n_out, finish, text = self._decode(logits, prompt, sampling, on_token, is_cancelled, mask)
         ended = time.perf_counter()
@@ -152,15 +155,24 @@ class TorchBackend:
         )
 
     def _decode_tree(self, logits: Any, prompt: list[int], sampling: Sampling, on_token: TokenSink, is_cancelled: IsCancelled,
-                     stats: Speculation) -> tuple[float | None, int, str, str]:
-        """`_decode` with SpecExec (`torch_spec`): the same tokens, several per forward of the target."""
+                     stats: Speculation, on_speculation: SpeculationSink | None = None) -> tuple[float | None, int, str, str]:
+        """`_decode` with SpecExec (`torch_spec`): the same tokens, several per forward of the target.
+
+        ``spec_tokens`` counts its verify steps into ``stats`` as it goes and extends ``history`` in
+        place, so the live report is made from the token sink, after each shown piece."""
         assert self.spec.draft is not None
+        history, reporter = list(prompt), SpeculationReporter(on_speculation)
+
+        def shown(piece: str) -> None:
+            on_token(piece)
+            reporter.step(stats, tokens=len(history) - len(prompt))
+
         tokens = torch_spec.spec_tokens(
             model=self._model, cache=self._cache, device=self._device, held=self._held, draft=self.spec.draft,
-            shape=self.spec.shape, first_logits=logits, history=list(prompt), sample=Sampler(sampling, device=logits.device),
+            shape=self.spec.shape, first_logits=logits, history=history, sample=Sampler(sampling, device=logits.device),
             max_tokens=sampling.max_tokens, n_ctx=self.n_ctx, stop_ids=self._eos, stats=stats, penalty=sampling.repeat_penalty)
         try:
-            return torch_spec_setup.stream(tokens, tokenizer=self._tok, sampling=sampling, eos=self._eos, on_token=on_token, is_cancelled=is_cancelled)
+            return torch_spec_setup.stream(tokens, tokenizer=self._tok, sampling=sampling, eos=self._eos, on_token=shown, is_cancelled=is_cancelled)
         finally:
             self._seen = len(self._held)  # a full cache (no eviction): positions used = tokens held
 

@@ -30,7 +30,7 @@ class ReplyRunner(QObject):
     sig_busy = Signal(bool)
     sig_hint = Signal(str)  # a line for the page's hint label ("" clears it)
     sig_speed = Signal(float)  # live decode tokens/s
-    sig_speculation = Signal(str)  # the last reply's speculation in a few words (acceptance rate), "" when none ran
+    sig_speculation = Signal(str)  # the reply's speculation in a few words (acceptance rate): live, then the final numbers; "" when none ran
     sig_model_loading = Signal(str)
     sig_model_used = Signal(str)
     sig_planned = Signal(dict)  # the progress record of the plan a load inside the chat chose
@@ -98,6 +98,9 @@ class ReplyRunner(QObject):
             self.sig_speed.emit((self.tokens_streamed - 1) / (now - self._first_token_at))
 
     def _on_progress(self, data: dict[str, Any]) -> None:
+        if data.get("stage") == "speculation":  # the running numbers, a few times a second; the result's replace them
+            self.sig_speculation.emit(speculation_text(data.get("speculation")))
+            return  # the status bar shows it, not the hint label, which the first token cleared
         if data.get("stage") == "planned":
             self.sig_planned.emit(data)
         if data.get("message"):
