@@ -40,8 +40,9 @@ CPU_DTYPE_SPEED = "cpu_dtype_speed"  # key "ROWSxCOLS": {"float32": GB/s, "bfloa
 KERNEL_SPEEDUP = "kernel_speedup"  # key "": {"cpu_decode_speedup": {scheme: x fp32}, "cpu_compute_dtype": str}
 KV_RANKING = "kv_ranking"  # key "": {"best": policy, "reason": str, "mean_ratio_to_full": {...}, "best_per_budget": {...}}
 VERIFY_COST = "verify_cost"  # key "MODEL FILE|ngl N|t N": VerifyCurve.to_dict() (speculation: n tokens in one batch; app.runtime.spec.costs)
+DRAFT_COST = "draft_cost"  # key "DRAFT FILE|ngl N|t N": {"seconds_per_token": float} (a draft model's token; app.runtime.spec.setup)
 QUANT_QUALITY = "quant_quality"  # key "SOURCE PATH|SIZE": {"Q4_K_M+imatrix": {"kl_mean", "ppl_change_pct", ...}} (hearth quantize --eval)
-KINDS = (RAM_BANDWIDTH, CALIBRATION, CPU_DTYPE_SPEED, KERNEL_SPEEDUP, KV_RANKING, VERIFY_COST, QUANT_QUALITY)
+KINDS = (RAM_BANDWIDTH, CALIBRATION, CPU_DTYPE_SPEED, KERNEL_SPEEDUP, KV_RANKING, VERIFY_COST, DRAFT_COST, QUANT_QUALITY)
 
 FILE_NAME = "measurements.json"
 FORMAT = 1
@@ -393,6 +394,6 @@ LEGACY_FILES = (
 
 
 __all__ = [
-    "CALIBRATION", "CPU_DTYPE_SPEED", "KERNEL_SPEEDUP", "KINDS", "KV_RANKING", "QUANT_QUALITY", "RAM_BANDWIDTH", "VERIFY_COST",
+    "CALIBRATION", "CPU_DTYPE_SPEED", "DRAFT_COST", "KERNEL_SPEEDUP", "KINDS", "KV_RANKING", "QUANT_QUALITY", "RAM_BANDWIDTH", "VERIFY_COST",
     "Entry", "FileMeasurementStore", "kv_ranking", "Machine", "MeasurementStore", "MemoryMeasurementStore",
 ]

@@ -264,6 +264,8 @@ def summary(p: Plan) -> str:
         where = f"{n}/{n} layers on GPU"
     else:
         where = f"{layers['repeating']}/{n} layers on GPU"
+    if layers.get("given_to_draft"):  # a Dovetail split (planner.speculation.split_plan)
+        where += f" ({layers['given_to_draft']} given to the draft model)"
     ctx = p.context_length.value
     ctx_words = f"{ctx // 1024}k ctx" if ctx % 1024 == 0 else f"{ctx:,} ctx"
     kv = {"q8_0": "q8", "q4_0": "q4"}.get(p.kv_type.value, p.kv_type.value)

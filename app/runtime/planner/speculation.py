@@ -17,16 +17,27 @@ measures it at first use), the acceptance rate from the running reply.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from app.runtime.planner.schema import Choice, Plan
 
 K_MAX = 12  # the longest guess: past it the acceptance of a real drafter makes more tokens useless
 MIN_GAIN = 1.03  # speculate only when the prediction beats plain decoding by this much (noise, overheads)
 PRIOR_ACCEPTANCE = {"lookup": 0.6, "draft": 0.7}  # before a reply has shown its own rate
 COPY_ACCEPTANCE = 0.9  # what prompt lookup reaches while a reply quotes its context
 MODES = ("auto", "off", "lookup")  # and "draft:MODEL"
+# Auto considers a library model as a draft only when its file is at most this share of the target's.
+# Decoding is memory-bound where drafts pay, so a draft token costs about its file-size ratio r of a
+# target token. Even on an ideal target (verify(n) = 1) at the prior draft acceptance (0.7), the
+# best a draft can give is k = 1: 1.7 / (1 + r), which falls to MIN_GAIN at r = 0.65; at 0.5 it is
+# 1.13x, the least worth the draft model's memory and loading, with some room for a verify cost
+# above 1. A bigger file can never pay, so it is not worth a vocabulary read (tests check this).
+DRAFT_SIZE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,77 @@ def choose(mode: str | None, *, curve: VerifyCurve | None, constrained: bool = F
                       f"acceptance; verify({copy_k + 1}) = {curve.relative(copy_k + 1):.2f}x one token); k follows the running acceptance rate")
 
 
+# ---- auto: a draft model from the library, or prompt lookup ------------------------------------
+
+
+@dataclass(frozen=True)
+class DraftOption:
+    """A library model that could draft: its id, a draft token's cost relative to a target token,
+    and where that figure comes from ("measured" on this machine, else "estimate" from file sizes)."""
+
+    name: str
+    cost: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cost": round(self.cost, 4), "source": self.source}
+
+
+def draft_cost(*, draft_seconds: float | None, target_seconds: float | None, draft_bytes: int, target_bytes: int) -> tuple[float, str]:
+    """A draft token relative to a target token: measured when both token times are known (the
+    draft's from an earlier use, the target's from its verify-cost curve), else estimated from the
+    file sizes (decoding reads every weight once per token: memory-bound)."""
+    if draft_seconds and target_seconds:
+        return draft_seconds / target_seconds, "measured"
+    return draft_bytes / max(target_bytes, 1), "estimate"
+
+
+@dataclass(frozen=True)
+class AutoDraft:
+    """Auto's answer between the best draft model and prompt lookup: ``draft`` the option used
+    (None: prompt lookup stays), ``considered`` the best option, their predicted speed-ups and why."""
+
+    draft: DraftOption | None
+    considered: DraftOption | None
+    draft_speedup: float
+    lookup_speedup: float
+    k: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"used": self.draft is not None, "considered": self.considered.to_dict() if self.considered else None,
+                "draft_speedup": round(self.draft_speedup, 3), "lookup_speedup": round(self.lookup_speedup, 3), "k": self.k,
+                "reason": self.reason}
+
+
+def choose_draft(options: Sequence[DraftOption], *, curve: VerifyCurve, acceptance: Mapping[str, float] | None = None,
+                 cost: float | None = None, min_gain: float = MIN_GAIN) -> AutoDraft:
+    """Whether auto drafts with a model, and with which: each option's predicted speed-up at the prior
+    draft acceptance against prompt lookup's at its own prior. Lookup costs nothing when it finds no
+    match, so a draft is used only where it is predicted to beat lookup (and plain decoding).
+
+    ``acceptance`` and ``cost`` replace the priors and every option's cost (tests force a choice
+    with them); ``curve`` is the target's verify-cost curve as loaded.
+    """
+    rates = {**PRIOR_ACCEPTANCE, **dict(acceptance or {})}
+    _, lookup = best_k(rates["lookup"], curve, min_gain=min_gain)
+    if not options:
+        return AutoDraft(None, None, 1.0, lookup, 0, "no draft model to consider")
+    scored = []
+    for option in options:
+        option = option if cost is None else dataclasses.replace(option, cost=cost, source="given")
+        k, gain = best_k(rates["draft"], curve, draft_cost=option.cost, min_gain=min_gain)
+        scored.append((gain, k, option))
+    gain, k, best = max(scored, key=lambda s: s[0])
+    others = f" (the best of {len(options)})" if len(options) > 1 else ""
+    said = (f"draft model {best.name}{others} considered: {gain:.2f}x predicted (k={k} at {rates['draft']:.0%} acceptance, "
+            f"a draft token {best.cost:.2f}x a target token, {best.source}) against {lookup:.2f}x for prompt lookup at "
+            f"{rates['lookup']:.0%}")
+    if k > 0 and gain > lookup:
+        return AutoDraft(best, best, gain, lookup, k, f"{said}: used")
+    return AutoDraft(None, best, gain, lookup, k, f"{said}: not used, prompt lookup costs nothing when it finds no match")
+
+
 # ---- where a draft model goes (Dovetail) -------------------------------------------------------
 
 
@@ -208,8 +290,10 @@ def place_draft(target_plan: Any, draft_bytes: int) -> DraftPlacement:
         why = ("Dovetail split: the target is mostly on the CPU, so the draft runs on the GPU" if mostly_cpu
                else "the target is mostly on the GPU and the draft model fits beside it")
         return DraftPlacement("gpu", -1, None, why)
-    if mostly_cpu and on_gpu > 0:
-        per_layer = max(int(gpu.get("weights", 0)) // max(on_gpu, 1), 1)
+    # a layer given up frees its weights and its KV cache (the compute buffer stays for op offload)
+    freed = int(gpu.get("weights", 0)) + int(gpu.get("kv", 0))
+    if mostly_cpu and on_gpu > 0 and room + freed >= need:
+        per_layer = max(freed // on_gpu, 1)
         give = min(on_gpu, math.ceil((need - room) / per_layer))
         return DraftPlacement("gpu", -1, int(layers.get("n_gpu_layers", on_gpu)) - give,
                               f"Dovetail split: the target is mostly on the CPU ({on_gpu}/{n_layers} layers on the GPU); it gives up "
@@ -217,3 +301,35 @@ def place_draft(target_plan: Any, draft_bytes: int) -> DraftPlacement:
     if cpu_room >= need:
         return DraftPlacement("cpu", 0, None, "the GPU is full with the target's layers: the draft model runs on the CPU")
     return DraftPlacement("none", 0, None, f"no room for the draft model ({need / 2**20:.0f} MiB) beside the target")
+
+
+@dataclass(frozen=True)
+class DovetailSplit:
+    """A target reloaded with fewer GPU layers so that its draft model fits on the GPU: the target's
+    file, its GPU layers now (llama.cpp's count), how many it gave up, and the draft's name and file."""
+
+    model_path: str
+    n_gpu_layers: int
+    gave_up: int
+    draft_name: str
+    draft_path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_PINNED = re.compile(r"^Pinned by you: -?\d+ \(llama\.cpp's count; \d+ = all\)\. ")
+
+
+def split_plan(made: Plan, split: DovetailSplit | None) -> Plan:
+    """The plan of a target loaded under ``split``, saying so: its GPU layers are not the person's pin
+    but the draft model's share (``gpu_layers.value["given_to_draft"]``, and the reason)."""
+    if split is None or made.backend.value != "llama.cpp" or made.gpu_layers.value.get("n_gpu_layers") != split.n_gpu_layers:
+        return made
+    if "given_to_draft" in made.gpu_layers.value:
+        return made  # said already (a plan confirmed by a dry run comes back through here)
+    reason = _PINNED.sub("", made.gpu_layers.reason)  # the pin is the split's, not the person's
+    why = (f"Dovetail split: the model gave up {split.gave_up} GPU layer(s), keeping {split.n_gpu_layers}, so that its draft model "
+           f"{split.draft_name}, which runs k times per guess, fits on the GPU. ")
+    value = {**made.gpu_layers.value, "given_to_draft": split.gave_up}
+    return dataclasses.replace(made, gpu_layers=Choice(value, why + reason, overridden=False))

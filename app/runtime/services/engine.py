@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -33,7 +34,8 @@ from app.runtime.planner.measured import calibration as saved_calibration
 from app.runtime.planner.torch_plan import TorchPrefs
 from app.runtime.chat_params import ChatParams
 from app.runtime.protocol import ErrorKind, Method, NoParams, RuntimeFailure, omitted_when_none
-from app.runtime.spec.setup import Speculators
+from app.runtime.planner import speculation as spec_plan
+from app.runtime.spec.setup import DraftPick, Speculators, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ BACKENDS = ("llama.cpp", "torch")
 # saved settings that are not planner prefs: which backend runs a model, and the speculation mode (app.runtime.spec)
 BACKEND_SETTINGS = ("model_backends", "default_backend", "speculate")
 DRY_RUN_ABOVE = 0.5  # confirm a plan with a dry run when it uses more than this share of a budget
+# auto's view of the library for draft models is scanned again after this long (a scan reads every
+# file's header: not for every reply); a changed list makes Speculators look for candidates again
+DRAFT_LIBRARY_TTL_S = 60.0
 
 
 # ---- declared params and results ----------------------------------------------------------------
@@ -127,6 +132,9 @@ class EngineService:
         self._in_use = 0
         self._last_used = time.monotonic()
         self._speculators = Speculators(self.measurements)  # the draft model, when a chat asks for one
+        self._draft_library: tuple[float, list[ModelInfo]] | None = None  # (when scanned, models) for auto's draft search
+        self._split: spec_plan.DovetailSplit | None = None  # the target's GPU layers given to its draft model, while it drafts
+        self._loaded_prefs = UserPrefs()  # what the loaded model was planned with, before any split
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:
@@ -214,6 +222,8 @@ class EngineService:
             # _ensure_loaded keeps the loaded model when the plan comes out the same.
             model = library.resolve(request.model, self._models()) if request.model or current is None else current
             loaded = self._ensure_loaded(model, self.prefs(request.prefs), ctx, torch_prefs=self.torch_prefs(request.prefs))
+        speculation = self.drafter(request.speculate, loaded, ctx=ctx)  # a draft model's Dovetail split may reload the target
+        loaded = self._backend or loaded
         messages, docs = self._documents(request, loaded, ctx)
         from app.runtime.tools.calls import for_backend  # None without tools: the chat is as before
 
@@ -226,30 +236,100 @@ class EngineService:
             context_policy=request.context_policy,
             chat_template=request.chat_template,
             **(tools.backend_kwargs() if tools else {}),
-            **self.drafter(request.speculate, loaded),
+            **speculation,
+            **_live_speculation(loaded, ctx),
         )
         extra: dict[str, Any] = {}
         if tools is not None:
             completion, extra = tools.apply(completion)
         return ChatResult.of(completion, self._model.id if self._model else None, docs=docs, **extra)
 
-    def drafter(self, speculate: str | None, loaded: Backend) -> dict[str, Any]:
+    def drafter(self, speculate: str | None, loaded: Backend, *, ctx: JobContext | None = None) -> dict[str, Any]:
         """The backend's speculation argument for a mode (a chat's, else the saved setting, else
         auto): the llama.cpp token loop's ``drafter``, the torch backend's ``speculate``, nothing
-        for the rest. Engine thread only (a chat, an API request)."""
+        for the rest. Engine thread only (a chat, an API request).
+
+        With ``ctx`` (a chat, which reads `backend` again afterwards) a draft model's Dovetail split
+        is applied first: the target reloads with the GPU layers its placement leaves it, once, and
+        gets them back when the draft is dropped. Without it (an API request holds its backend) the
+        target stays as loaded."""
         model, made = self._model, self._plan
         if model is None:
             return {}
         mode = speculate or self._default_prefs().get("speculate") or "auto"
         if loaded.name == "torch":  # SpecExec trees for offloaded targets (backends.torch_spec) take the mode itself
             return {"speculate": mode}
-        if loaded.name != "llama.cpp":
+        if loaded.name != "llama.cpp" or made is None:
             return {}
-        threads = planner.llama_cpp_kwargs(made).get("n_threads") if made is not None else None
-        models = self._models() if mode.startswith("draft:") else ()  # a library scan only to find a draft model
-        drafter = self._speculators.drafter(mode, backend=loaded.name, target=model, target_plan=made, models=models,
+        kind, _ = check_mode(mode)
+        threads = int(made.threads.value["threads"])  # as planner.llama_cpp_kwargs passes them
+        # a library scan only to find a draft model: every time for draft:MODEL (a name to resolve), cached for auto
+        models = self._models() if kind == "draft" else self._library_for_drafts() if kind == "auto" else ()
+        curve = self._speculators.stored_curve(model.path, int(made.gpu_layers.value["n_gpu_layers"]), threads)
+        pick = self._speculators.pick(mode, target=model, target_plan=made, models=models, curve=curve, threads=threads)
+        if ctx is not None:
+            pick = self._apply_split(model, pick, ctx)
+            loaded, made = self._backend or loaded, self._plan
+        elif pick is not None and pick.placement is not None and pick.placement.target_gpu_layers is not None and self._split is None:
+            pick = dataclasses.replace(pick, placement=spec_plan.DraftPlacement(  # an API request cannot reload the model it holds
+                "cpu", 0, None, "the model keeps its GPU layers during an API request, so the draft model runs on the CPU"))
+        drafter = self._speculators.drafter(mode, backend=loaded.name, target=model, target_plan=made, pick=pick,
                                             n_ctx=int(getattr(loaded, "n_ctx", 2048)), threads=threads)
         return {} if drafter is None else {"drafter": drafter}
+
+    def _library_for_drafts(self) -> list[ModelInfo]:
+        """The library as auto's draft search sees it: scanned at most every DRAFT_LIBRARY_TTL_S."""
+        held = self._draft_library
+        if held is None or time.monotonic() - held[0] > DRAFT_LIBRARY_TTL_S:
+            held = self._draft_library = (time.monotonic(), list(self._models()))
+        return held[1]
+
+    def _apply_split(self, model: ModelInfo, pick: DraftPick | None, ctx: JobContext) -> DraftPick | None:
+        """Reload the target for a draft model's Dovetail split (once, when the draft is taken), or
+        without it when the draft is dropped; the pick as it stands after, its note saying so."""
+        split, made = self._split, self._plan
+        draft = pick.info if pick is not None else None
+        if split is not None and (draft is None or draft.path != split.draft_path):
+            self._split = None  # the draft is dropped: the target takes its GPU layers back
+            log.info("Dovetail split of %s ended: the draft model %s is no longer used", model.name, split.draft_name)
+            self._ensure_loaded(model, self._loaded_prefs, ctx)
+            if pick is None or draft is None or self._plan is None:
+                return pick
+            return dataclasses.replace(pick, placement=spec_plan.place_draft(self._plan, draft.file_size))
+        if pick is None or draft is None:
+            return pick
+        if split is None and made is not None and pick.placement is not None and pick.placement.target_gpu_layers is not None:
+            prefs = self._dovetail_prefs(pick.placement, self._loaded_prefs)
+            if prefs is None or prefs.gpu_layers is None:  # the person pinned the model's GPU layers: it keeps them
+                return dataclasses.replace(pick, placement=spec_plan.DraftPlacement(
+                    "cpu", 0, None, "the model's GPU layers are pinned by you, so the draft model runs on the CPU"))
+            gave = int(made.gpu_layers.value["n_gpu_layers"]) - prefs.gpu_layers
+            self._split = split = spec_plan.DovetailSplit(model.path, prefs.gpu_layers, gave, draft.name, draft.path)
+            ctx.progress("replanned", message=f"{model.name} gives up {gave} GPU layer(s) to the draft model {draft.name}",
+                         model=model.id, split=split.to_dict())
+            self._ensure_loaded(model, self._loaded_prefs, ctx)
+        if split is None:
+            return pick
+        note = f"the model gave up {split.gave_up} GPU layer(s) to it (Dovetail split)"
+        return dataclasses.replace(pick, note=f"{pick.note}; {note}" if pick.note else note)
+
+    @staticmethod
+    def _dovetail_prefs(placement: spec_plan.DraftPlacement | None, prefs: UserPrefs) -> UserPrefs | None:
+        """The prefs a target reloads with for its draft's placement (its GPU layers set to what the
+        placement leaves it), or None when the target keeps its layers: no split asked, or the person
+        pinned the GPU layers (their choice wins)."""
+        if placement is None or placement.target_gpu_layers is None or prefs.gpu_layers is not None:
+            return None
+        return dataclasses.replace(prefs, gpu_layers=placement.target_gpu_layers)
+
+    def _with_split(self, model: ModelInfo, prefs: UserPrefs) -> tuple[UserPrefs, spec_plan.DovetailSplit | None]:
+        """The prefs a load of ``model`` uses while a Dovetail split holds for it (none once the model changes)."""
+        split = self._split
+        if split is not None and (split.model_path != model.path or prefs.gpu_layers is not None):
+            self._split = split = None  # another model, or the person pinned the GPU layers: their choice wins
+        if split is None:
+            return prefs, None
+        return dataclasses.replace(prefs, gpu_layers=split.n_gpu_layers), split
 
     def _documents(self, request: ChatParams, loaded: Backend | None, ctx: JobContext) -> tuple[Any, dict[str, Any] | None]:
         """The request's messages with the documents it asks for placed in them (`docs.chat`), and
@@ -317,7 +397,9 @@ class EngineService:
 
     def _ensure_loaded(self, model: ModelInfo, prefs: UserPrefs, ctx: JobContext, *, force: bool = False, torch_prefs: TorchPrefs | None = None) -> Backend:
         hw = self._hardware()
-        made = self.make_plan(model, prefs, hw, torch_prefs=torch_prefs)
+        asked = prefs
+        prefs, split = self._with_split(model, prefs)  # a draft model's Dovetail split holds until the draft is dropped
+        made = spec_plan.split_plan(self.make_plan(model, prefs, hw, torch_prefs=torch_prefs), split)
         with self._lock:
             current = self._backend
             same = self._model is not None and self._model.path == model.path and self._plan is not None
@@ -328,6 +410,7 @@ class EngineService:
                 return self._load_torch(model, made, ctx)
             shape, calibration = planner.read_shape(model), saved_calibration(hw, self.measurements)  # the header is parsed once per process
             made, checked = self._confirm(made, model, hw, prefs, shape, calibration, ctx)
+            made = spec_plan.split_plan(made, split)
             ctx.progress("planned", message=planner.summary(made), model=model.id, plan=made.to_dict(), checked=checked)
             ctx.progress("loading", message=f"Loading {model.name}", model=model.id)
             from app.runtime.backends.llama_cpp import LlamaCppBackend
@@ -345,7 +428,8 @@ class EngineService:
                 "dry_run": checked,
                 "fallback": changes,
             }
-            self._backend, self._model, self._plan = loaded, model, made
+            self._backend, self._model, self._plan = loaded, model, spec_plan.split_plan(made, split)  # a fallback may have replanned
+            self._loaded_prefs = asked
             log.info("loaded %s: %s (measured %s)", model.id, planner.summary(made), self._measured)
             ctx.progress("loaded", fraction=1.0, message=f"Loaded {model.name}", model=model.id)
             return loaded
@@ -406,3 +490,17 @@ def _settings(made: Plan) -> dict[str, Any]:
     if made.backend.value == "torch":
         return {"backend": "torch", **torch_plan.torch_kwargs(made)}
     return {"backend": made.backend.value, **planner.llama_cpp_kwargs(made)}
+
+
+def _live_speculation(loaded: Backend, ctx: JobContext) -> dict[str, Any]:
+    """The chat's ``on_speculation`` when the backend's chat takes one (llama.cpp, torch): each report
+    of what speculation has done so far becomes a "speculation" progress event, which the studio's
+    status bar shows while the reply streams. A backend without the parameter is called as before."""
+    if "on_speculation" not in inspect.signature(loaded.chat).parameters:
+        return {}
+
+    def report(stats: dict[str, Any]) -> None:
+        words = f"{stats.get('accepted', 0)} of {stats.get('drafted', 0)} guessed tokens accepted in {stats.get('steps', 0)} steps"
+        ctx.progress("speculation", message=words, speculation=stats)
+
+    return {"on_speculation": report}

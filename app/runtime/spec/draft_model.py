@@ -84,6 +84,8 @@ class DraftModel:
         import llama_cpp
 
         self.path = Path(path)
+        # as asked: llama.cpp pads the context, and llama-cpp-python stores n_gpu_layers -1 (all) as 0x7FFFFFFF
+        self.n_ctx, self.n_gpu_layers = n_ctx, n_gpu_layers
         started = time.perf_counter()
         self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_gpu_layers=n_gpu_layers,
                                    n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
@@ -93,7 +95,8 @@ class DraftModel:
 
     @property
     def settings(self) -> tuple[Any, ...]:
-        return (str(self.path), self.kv.n_ctx, int(self.llm.model_params.n_gpu_layers), int(self.llm.context_params.n_threads))
+        """(file, context, n_gpu_layers as asked, threads): equal settings mean the loaded draft can be kept."""
+        return (str(self.path), self.n_ctx, self.n_gpu_layers, int(self.llm.context_params.n_threads))
 
     def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
         kv = self.kv

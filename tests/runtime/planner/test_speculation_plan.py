@@ -95,3 +95,58 @@ def test_a_target_on_the_gpu_keeps_its_layers_and_the_draft_fits_beside_it(model
 def test_without_a_gpu_the_draft_runs_on_the_cpu(models: SimpleNamespace) -> None:
     placed = spec.place_draft(_plan(models, "cpu-16gb", "Llama-3-8B", "Q4_K_M"), DRAFT_BYTES)
     assert placed.device == "cpu" and placed.n_gpu_layers == 0
+
+
+# ---- auto: a draft model from the library, or prompt lookup (issue 18) --------------------------
+
+
+def test_the_draft_size_threshold_follows_from_the_cost_model() -> None:
+    """DRAFT_SIZE_RATIO's comment: at the prior acceptance, on an ideal target (verify(n) = 1), a draft
+    whose tokens cost its file-size ratio still pays at the threshold and cannot pay a bit above 0.65."""
+    ideal = VerifyCurve({1: 1.0, 2: 1.0, 3: 1.0})
+    k, gain = spec.best_k(spec.PRIOR_ACCEPTANCE["draft"], ideal, draft_cost=spec.DRAFT_SIZE_RATIO)
+    assert k >= 1 and gain >= spec.MIN_GAIN
+    assert spec.best_k(spec.PRIOR_ACCEPTANCE["draft"], ideal, draft_cost=0.66) == (0, 1.0)
+
+
+def test_auto_uses_a_draft_only_where_it_beats_prompt_lookup() -> None:
+    cheap = spec.DraftOption("tiny", 0.02, "measured")
+    used = spec.choose_draft([cheap], curve=MEMORY_BOUND)
+    assert used.draft == cheap and used.draft_speedup > used.lookup_speedup and used.k >= 1
+    assert "draft model tiny considered" in used.reason and used.reason.endswith(": used")
+    dear = spec.DraftOption("half", 0.45, "estimate")
+    lost = spec.choose_draft([dear], curve=CPU_SMALL)
+    assert lost.draft is None and lost.considered == dear and "not used" in lost.reason and "estimate" in lost.reason
+    best = spec.choose_draft([dear, cheap], curve=MEMORY_BOUND)
+    assert best.draft == cheap and "the best of 2" in best.reason
+    forced = spec.choose_draft([dear], curve=CPU_SMALL, acceptance={"draft": 1.0, "lookup": 0.0}, cost=0.01)
+    assert forced.draft is not None and forced.draft.source == "given"
+
+
+def test_a_draft_token_is_measured_when_both_times_are_known_else_estimated_from_file_sizes() -> None:
+    assert spec.draft_cost(draft_seconds=0.002, target_seconds=0.02, draft_bytes=1, target_bytes=2) == (pytest.approx(0.1), "measured")
+    assert spec.draft_cost(draft_seconds=None, target_seconds=0.02, draft_bytes=100, target_bytes=400) == (0.25, "estimate")
+
+
+def test_a_draft_that_cannot_fit_even_after_the_target_gives_up_every_gpu_layer_runs_on_the_cpu(models: SimpleNamespace) -> None:
+    target = _plan(models, "gtx1650-4gb", "Llama-3-8B", "Q4_K_M")
+    gpu = next(d for d in target.memory.value["devices"] if d["device"] == "gpu0")
+    freed = gpu["weights"] + gpu["kv"] + gpu["budget"] - gpu["total"]
+    placed = spec.place_draft(target, int(freed / 1.2) + 2**20)  # a little more than the GPU could ever give it
+    assert placed.device == "cpu" and placed.target_gpu_layers is None
+
+
+def test_the_split_plan_says_how_many_gpu_layers_the_target_gave_up(models: SimpleNamespace) -> None:
+    target = _plan(models, "gtx1650-4gb", "Llama-3-8B", "Q4_K_M")
+    placed = spec.place_draft(target, 700 * 2**20)
+    assert placed.target_gpu_layers is not None
+    reloaded = planner.plan(models.info("Llama-3-8B", "Q4_K_M"), planner.load_profile("gtx1650-4gb"),
+                            planner.UserPrefs(gpu_layers=placed.target_gpu_layers), shape=models.shape("Llama-3-8B", "Q4_K_M"))
+    gave = target.gpu_layers.value["n_gpu_layers"] - placed.target_gpu_layers
+    split = spec.DovetailSplit("/models/Llama-3-8B-Q4_K_M.gguf", placed.target_gpu_layers, gave, "Llama-3.2-1B", "/models/1b.gguf")
+    shown = spec.split_plan(reloaded, split)
+    assert shown.gpu_layers.value["given_to_draft"] == gave and not shown.gpu_layers.overridden
+    assert f"gave up {gave} GPU layer(s)" in shown.gpu_layers.reason and "Pinned by you" not in shown.gpu_layers.reason
+    assert f"({gave} given to the draft model)" in planner.summary(shown)
+    assert planner.llama_cpp_kwargs(shown)["n_gpu_layers"] == placed.target_gpu_layers
+    assert spec.split_plan(target, split) is target  # a plan with other layers is not the split's
