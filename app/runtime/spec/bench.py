@@ -2,7 +2,9 @@
 
 Cases: (1) copying a given text with prompt lookup, (2) free writing with the planner's choice
 (``auto``: lookup where it would pay, plain steps where it would not), (3) the torch backend's
-SpecExec on an offloaded SmolLM2 (`app.runtime.spec.offload.offload_case`, when present). Each pair
+SpecExec on an offloaded SmolLM2 (`app.runtime.spec.offload.offload_case`, when present), and
+(4) ``near_tie``: one greedy pair (lookup on the copying prompt) on F16 and Q4_K_M copies of the
+embedded model, identical or split at a near tie whose margin is reported (`near_tie_case`). Each pair
 runs the same greedy request off then on in one process on the same loaded model, so both see the
 same machine load; each figure is the median of the per-pair ratios of decode tokens/s.
 
@@ -14,7 +16,8 @@ step costing 1; ``predicted_vs_measured`` is measured / predicted (the goal: at 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +41,26 @@ def _median(values: Sequence[float]) -> dict[str, Any]:
             "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def _load(threads: int | None) -> Any:
-    """The embedded model with the settings the planner gives it here (flash attention included)."""
+def _load(threads: int | None, path: Path | None = None) -> Any:
+    """The embedded model (or the GGUF at ``path``) with the settings the planner gives it here
+    (flash attention included)."""
     from app.runtime import hardware, library, planner
     from app.runtime.backends.llama_cpp import LlamaCppBackend
 
-    model = library.read_gguf(library.embedded_model_path(), source="embedded")
+    model = library.read_gguf(path, source="folder") if path is not None else library.read_gguf(library.embedded_model_path(), source="embedded")
     made = planner.plan(model, hardware.probe(), planner.UserPrefs(context_length=2048, threads=threads))
     return LlamaCppBackend(model.path, planner.llama_cpp_kwargs(made))
 
 
-def _run(backend: Any, messages: list[dict[str, str]], sampling: Sampling, drafter: Any) -> dict[str, Any]:
+def _run(backend: Any, messages: list[dict[str, str]], sampling: Sampling, drafter: Any, *, mask: Any = None) -> dict[str, Any]:
+    """One timed reply; ``held`` is what the context holds after it (the prompt and the reply's
+    token ids but the last one drawn). ``mask`` watches the plain path's logits (`near_tie`)."""
     backend.chat([{"role": "user", "content": "Hello."}], Sampling(temperature=0.0, max_tokens=1), on_token=lambda _: None,
                  is_cancelled=lambda: False)  # the same cache state before every timed run: the prompt is evaluated whole
-    out = backend.chat(messages, sampling, on_token=lambda _: None, is_cancelled=lambda: False, drafter=drafter)
+    out = backend.chat(messages, sampling, on_token=lambda _: None, is_cancelled=lambda: False, drafter=drafter, mask=mask)
     tps = (out.completion_tokens - 1) / out.decode_seconds if out.completion_tokens > 1 and out.decode_seconds > 0 else 0.0
-    return {"text": out.text, "tokens": out.completion_tokens, "tps": tps, "speculation": out.speculation}
+    return {"text": out.text, "tokens": out.completion_tokens, "tps": tps, "speculation": out.speculation,
+            "held": backend.held_tokens()}
 
 
 def _predicted(drafter: Any, tokens: int, curve: VerifyCurve) -> float | None:
@@ -112,10 +119,12 @@ def _offload(pairs: int, max_tokens: int) -> dict[str, Any]:
 
 
 def run(*, measurements: MeasurementStore, pairs: int = MIN_PAIRS, tokens: int = 128, threads: int | None = None,
-        offload: bool = True) -> dict[str, Any]:
-    """The whole report; the verify-cost curve is measured afresh and stored."""
+        offload: bool = True, near_tie: bool = True) -> dict[str, Any]:
+    """The whole report; the verify-cost curve is measured afresh and stored. ``near_tie`` adds one
+    greedy pair per other GGUF type (`app.runtime.spec.near_tie`), outside the speed figures."""
     from app.runtime import bench as runtime_bench
     from app.runtime.spec import costs
+    from app.runtime.spec import near_tie as ties
 
     pairs = max(pairs, 1)
     backend = _load(threads)
@@ -140,6 +149,9 @@ def run(*, measurements: MeasurementStore, pairs: int = MIN_PAIRS, tokens: int =
                                   for name, c in cases.items() if "missing" not in c},
         "greedy_identical": all(c.get("greedy_identical") is not False for c in cases.values() if "missing" not in c),
     }
+    if near_tie:  # F16 and Q4_K_M copies: identical up to the first near tie, with its margin
+        cases["near_tie"] = near_tie_case(tokens=tokens, threads=threads)
+        figures["near_tie"] = ties.figures(cases["near_tie"])
     return {
         "machine": {**runtime_bench.machine_info(), "model_file": Path(backend_path()).name},
         "settings": {"pairs": pairs, "tokens": tokens, "load_settings": settings},
@@ -147,8 +159,37 @@ def run(*, measurements: MeasurementStore, pairs: int = MIN_PAIRS, tokens: int =
         "cases": cases,
         "figures": figures,
         "targets": {"lookup_copy_speedup": ">= 1.3", "lookup_free_speedup": ">= 0.97", "offload_speedup": ">= 2.5",
-                    "predicted_vs_measured": ">= 0.85 (measured / predicted)", "greedy_identical": "true"},
+                    "predicted_vs_measured": ">= 0.85 (measured / predicted)", "greedy_identical": "true",
+                    "near_tie": "identical, or split only where the plain path's top two logits are nearly tied"},
     }
+
+
+def near_tie_pair(path: Path, messages: list[dict[str, str]] = COPY, *, tokens: int = 128, threads: int | None = None,
+                  label: str | None = None, mode: str = "lookup") -> dict[str, Any]:
+    """One greedy plain/speculated pair on the GGUF at ``path`` (`near_tie.compare`, loaded and run
+    as this bench's other cases are)."""
+    from app.runtime.spec import near_tie as ties
+
+    return ties.compare(path, messages, load=_load, run=_run, mode=mode, tokens=tokens, threads=threads, label=label)
+
+
+def near_tie_case(*, tokens: int = 128, threads: int | None = None, types: Sequence[str] = ("F16", "Q4_K_M"),
+                  make: Callable[[str], Path] | None = None) -> dict[str, Any]:
+    """The near_tie case, runnable alone: one pair per type (the copying prompt) on copies of the
+    embedded model made in a temporary folder (or by ``make``: a type's name to its file, as the
+    tests' `requantized` fixture)."""
+    from app.runtime import library
+    from app.runtime.spec import near_tie as ties
+
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="hearth-near-tie-") as folder:
+        for name in types:
+            path = make(name) if make is not None else ties.requantize(library.embedded_model_path(), Path(folder), name, threads=threads)
+            result = near_tie_pair(path, tokens=tokens, threads=threads, label=name)
+            result.pop("plain_ids")
+            result.pop("speculated_ids")
+            report[name] = result
+    return report
 
 
 def backend_path() -> str:
