@@ -4,6 +4,7 @@ would, and a disk-offloaded target speculating replies exactly as it does withou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,61 @@ def test_seeded_sampling_draws_the_same_tokens_with_speculation(offloaded: Any) 
     plain = offloaded.chat(STORY, sampled, on_token=lambda _: None, is_cancelled=never, speculate="off")
     tree = offloaded.chat(STORY, sampled, on_token=lambda _: None, is_cancelled=never)
     assert tree.text == plain.text and tree.speculation is not None and tree.speculation["steps"] > 0
+
+
+def test_the_gguf_file_drafts_in_llama_cpp_with_the_same_replies(offloaded: Any, smollm2_hf: Path) -> None:
+    """A target converted from a GGUF file gets that file as its draft, in llama.cpp (the default);
+    greedy and seeded replies stay plain decoding's, and a greedy reply is checked in long chains."""
+    before = offloaded.spec
+    offloaded.spec = torch_spec_setup.setup(offloaded._model, smollm2_hf, {**offloaded.settings, "draft_quant": None, "spec_tree": None})
+    try:
+        assert offloaded.spec.draft is not None and offloaded.spec.draft.kind == "gguf", offloaded.spec.reason
+        assert "llama.cpp" in offloaded.spec.reason
+        greedy = Sampling(temperature=0.0, repeat_penalty=1.1, max_tokens=24)
+        plain = offloaded.chat(STORY, greedy, on_token=lambda _: None, is_cancelled=never, speculate="off")
+        tree = offloaded.chat(STORY, greedy, on_token=lambda _: None, is_cancelled=never)
+        assert tree.text == plain.text and tree.completion_tokens == plain.completion_tokens
+        spec = tree.speculation
+        assert spec is not None and spec["accepted"] >= 2 * spec["steps"]  # the same model, quantized: its chains hold
+        assert offloaded._cache.get_seq_length() == len(offloaded._held) == offloaded._seen
+        sampled = Sampling(temperature=0.8, top_k=40, top_p=0.95, seed=5, max_tokens=8)
+        plain = offloaded.chat(STORY, sampled, on_token=lambda _: None, is_cancelled=never, speculate="off")
+        tree = offloaded.chat(STORY, sampled, on_token=lambda _: None, is_cancelled=never)
+        assert tree.text == plain.text and tree.speculation is not None and tree.speculation["steps"] > 0
+    finally:
+        offloaded.spec.close()
+        offloaded.spec = before
+
+
+def test_the_gguf_draft_grows_a_chain_with_its_runners_up_as_leaves(model_path: Path) -> None:
+    from app.runtime.backends.torch_spec_llama import LlamaDraft
+
+    draft = LlamaDraft(model_path, n_ctx=256, n_threads=2)
+    try:
+        history = [504, 2365, 6354, 16438, 27003, 690]
+        tree, slot = draft.grow(history, TreeShape(budget=12, branch=3, min_prob=0.0), depth_limit=5, agree=0.9)
+        chain = [n for n in range(1, len(tree)) if slot[n] is not None]
+        assert len(tree) <= 12 and max(tree.depths) == 5
+        assert [tree.depths[n] for n in chain] == [1, 2, 3, 4]  # the deepest guess is a leaf: nothing reads its logits
+        assert all(tree.children[n] for n in chain) and all(tree.parents[n] == n - 1 for n in chain)
+        assert draft.kv.n == len(history) + len(chain) and draft.kv.held()[len(history):] == [tree.tokens[n] for n in chain]
+        assert len(tree) > 6  # runners-up were added as leaves
+        draft.accept(len(history), tree, slot, chain[:2])
+        assert draft.kv.held() == history + [tree.tokens[n] for n in chain[:2]]
+    finally:
+        draft.close()
+
+
+def test_the_pace_counts_a_walk_off_the_tree_as_no_miss() -> None:
+    pace = torch_spec.Pace()
+    assert pace.depth(10) == 10 and pace.acceptance() == torch_spec.Pace.PRIOR
+    pace.observe(draft_s=0.2, verify_s=0.4, depth=4)
+    for _ in range(5):
+        pace.accepted(4, missed=False)  # every guess taken, down to the leaf: no sign of a refusal
+    assert pace.acceptance() == 0.98 and pace.depth(10) >= 8
+    for _ in range(20):
+        pace.accepted(0, missed=True)  # the first guess refused, 20 times: 20 of 40 levels taken
+    assert pace.acceptance() < 0.6 and pace.depth(10) < 8
+    scores = torch_spec.greedy_scores([-0.2, -2.5, -3.0], 0.9)  # 0.82, 0.08, 0.05 of a distribution
+    assert scores[0] == pytest.approx(math.log(0.9)) and scores[1] > scores[2]
+    assert sum(math.exp(v) for v in scores) <= 1.0 + 1e-9

@@ -385,7 +385,8 @@ class TorchBackend:
 
     def close(self) -> None:
         model, self._model, self._cache = getattr(self, "_model", None), None, None
-        self.spec = torch_spec_setup.SpecSetup(None, "The model is closed.")  # the draft goes with its target
+        self.spec.close()  # the draft goes with its target
+        self.spec = torch_spec_setup.SpecSetup(None, "The model is closed.")
         if model is not None:
             del model
             import gc

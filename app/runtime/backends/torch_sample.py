@@ -28,6 +28,11 @@ class Sampler:
         seed = sampling.seed if sampling.seed is not None else int(torch.seed() & 0x7FFFFFFF)
         self.generator.manual_seed(seed)
 
+    @property
+    def greedy(self) -> bool:
+        """Every draw is the arg-max (temperature 0): what a speculating draft can count on."""
+        return self.s.temperature <= 0
+
     def __call__(self, logits: Any, history: Sequence[int]) -> int:
         """The next token from ``logits`` ([vocab], any dtype) given the tokens so far."""
         import torch

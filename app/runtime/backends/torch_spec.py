@@ -34,7 +34,7 @@ from typing import Any
 from app.runtime.backends import context as window_policy
 from app.runtime.backends.hooks import Speculation
 
-__all__ = ["Draft", "Pace", "Tree", "TreeShape", "keep_positions", "offloaded_share", "spec_tokens", "tree_mask", "verify"]
+__all__ = ["Draft", "PENALTY_LAST_N", "Pace", "Tree", "TreeShape", "keep_positions", "offloaded_share", "greedy_scores", "spec_tokens", "tree_mask", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,20 @@ class Draft:
             self.held.extend(chunk)
         return logits
 
-    def grow(self, history: Sequence[int], shape: TreeShape, *, depth_limit: int, penalty: float = 1.0) -> tuple[Tree, list[int | None]]:
-        """A tree rooted at ``history[-1]``, best first by cumulative draft log-probability, and the
-        draft-cache slot of every node it evaluated (None for the leaves it did not)."""
+    def grow(self, history: Sequence[int], shape: TreeShape, *, depth_limit: int, penalty: float = 1.0,
+             agree: float | None = None) -> tuple[Tree, list[int | None]]:
+        """A tree rooted at ``history[-1]``, best first by the estimated chance that the target
+        draws each node's path, and the draft-cache slot of every node it evaluated (None for the
+        leaves it did not).
+
+        When the target samples, that chance is the draft's own probability (SpecExec). When it
+        takes the arg-max (``agree`` given), a draft's probabilities say little: a draft of the
+        target's own weights is sure of its first choice however flat its distribution, and the
+        target draws exactly that. Then the first choice counts ``agree`` (the measured share of
+        levels where the target took a guess) and the others share the rest in proportion to
+        their draft probabilities (`_greedy_scores`), so a sure draft grows a deep chain rather
+        than a bushy tree whose low-probability branches the target never takes.
+        """
         import torch
 
         tree = Tree([int(history[-1])])
@@ -206,7 +217,8 @@ class Draft:
         for _ in range(max(depth_limit, 0)):
             for row, parent in enumerate(expanded):
                 values, ids = torch.topk(logprobs[row], shape.branch)
-                for value, token in zip(values.tolist(), ids.tolist()):
+                scores_here = values.tolist() if agree is None else greedy_scores(values.tolist(), agree)
+                for value, token in zip(scores_here, ids.tolist()):
                     order += 1
                     heapq.heappush(heap, (-(scores[parent] + value), order, parent, int(token)))
             added: list[int] = []
@@ -262,6 +274,15 @@ def _dtype(model: Any) -> Any:
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
+def greedy_scores(top: Sequence[float], agree: float) -> list[float]:
+    """Log-chances that an arg-max target draws each of the draft's best tokens (``top``: their
+    log-probabilities, best first): the first ``agree``; the others split ``1 - agree`` in
+    proportion to their draft probabilities among all but the first."""
+    p = [math.exp(v) for v in top]
+    rest = max(1.0 - p[0], 1e-9)
+    return [math.log(agree)] + [math.log((1.0 - agree) * q / rest + 1e-30) for q in p[1:]]
+
+
 def _log_softmax(logits: Any, recent: Sequence[int], penalty: float) -> Any:
     """Row-wise log-probabilities, after the repeat penalty the target's sampler applies."""
     import torch
@@ -292,26 +313,42 @@ def verify(model: Any, cache: Any, tree: Tree, *, cached: int, device: Any) -> A
 class Pace:
     """How deep the next tree goes, from what this reply has measured (the cost model of
     `planner.speculation`, for a tree): a step yields about ``1 + a + ... + a^D`` tokens for a
-    per-token acceptance ``a`` and costs one verify forward plus ``D`` draft forwards, so ``D``
-    maximises their ratio. Until a step has been timed, the shape's own depth is used."""
+    per-level acceptance ``a`` and costs one verify forward plus ``D`` draft forwards, so ``D``
+    maximises their ratio. Until a step has been timed, the shape's own depth is used.
+
+    ``a`` is estimated as accepted levels over accepted levels plus misses, where a miss is a step
+    whose walk ended at a node with children none of which the target drew. A walk that ends at a
+    leaf was not refused: it ran out of tree, and says only that ``a`` may be higher still (counting
+    it as a miss would pull ``a`` down, make the next tree shallower, and lock a good draft into
+    shallow trees: what a draft of the target's own weights did before this estimate).
+    """
+
+    PRIOR = 0.8  # before a step has shown this reply's rate
 
     def __init__(self) -> None:
         self.draft_s = self.verify_s = None  # type: float | None
-        self.kept = self.steps = 0
+        self.kept = self.misses = 0
 
     def observe(self, *, draft_s: float, verify_s: float, depth: int) -> None:
         per_forward = draft_s / max(depth, 1)
         self.draft_s = per_forward if self.draft_s is None else 0.7 * self.draft_s + 0.3 * per_forward
         self.verify_s = verify_s if self.verify_s is None else 0.7 * self.verify_s + 0.3 * verify_s
 
-    def accepted(self, n: int) -> None:
+    def accepted(self, n: int, *, missed: bool) -> None:
+        """A step kept ``n`` guessed tokens; ``missed``: it ended where the tree had other guesses."""
         self.kept += n
-        self.steps += 1
+        self.misses += missed
+
+    def acceptance(self) -> float:
+        """The share of tree levels where the target took a guess (``PRIOR`` before any step)."""
+        if not (self.kept or self.misses):
+            return self.PRIOR
+        return min(max(self.kept / (self.kept + self.misses), 0.05), 0.98)
 
     def depth(self, most: int) -> int:
-        if self.draft_s is None or self.verify_s is None or not self.steps:
+        if self.draft_s is None or self.verify_s is None or not (self.kept or self.misses):
             return most
-        a = min(max(self.kept / (self.kept + self.steps), 0.05), 0.98)  # accepted over accepted + the rejections
+        a = self.acceptance()
 
         def rate(d: int) -> float:
             return (1 - a ** (d + 1)) / (1 - a) / (self.verify_s + d * self.draft_s)  # type: ignore[operator]
@@ -353,7 +390,8 @@ def spec_tokens(
         if room < 0:
             return
         started = time.perf_counter()
-        tree, slot = draft.grow(history, shape, depth_limit=min(room, pace.depth(shape.max_depth)), penalty=penalty)
+        tree, slot = draft.grow(history, shape, depth_limit=min(room, pace.depth(shape.max_depth)), penalty=penalty,
+                                agree=pace.acceptance() if getattr(sample, "greedy", False) else None)
         drafted_at = time.perf_counter()
         logits = verify(model, cache, tree, cached=cached, device=device)
         pace.observe(draft_s=drafted_at - started, verify_s=time.perf_counter() - drafted_at, depth=max(tree.depths))
@@ -373,7 +411,7 @@ def spec_tokens(
         stats.steps += 1
         stats.drafted += len(tree) - 1
         stats.accepted += len(path)
-        pace.accepted(len(path))
+        pace.accepted(len(path), missed=bool(tree.children[node]) and token not in stop_ids)
         for token in drawn:
             produced += 1
             yield token

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 SPECULATE_MODES = ("auto", "on", "off")  # the torch backend's "speculate" setting
 OFFLOAD_SHARE = 1 / 3  # "auto" speculates when at least this share of the target's layers is offloaded
-DRAFT_BYTES = {"none": 4.0, "int8": 1.03, "int4-g64": 0.56}  # bytes per weight of a resident draft
+DRAFT_BYTES = {"none": 4.0, "int8": 1.03, "int4-g64": 0.56}  # bytes per weight of a resident draft in transformers
+DRAFT_QUANTS = ("gguf", *DRAFT_BYTES)  # "gguf": the GGUF file the target came from, in llama.cpp (the default when there is one)
 DRAFT_MARGIN = 256 * 2**20  # activations, its KV cache, allocator slack
 
 
@@ -33,6 +34,13 @@ class SpecSetup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"on": self.draft is not None, "reason": self.reason, "tree": vars(self.shape).copy() if self.draft else None}
+
+    def close(self) -> None:
+        """Free the draft's own memory (a llama.cpp context) now rather than at garbage collection."""
+        draft, self.draft = self.draft, None
+        close = getattr(draft, "close", None)
+        if close is not None:
+            close()
 
     def off_reason(self, constrained: bool, speculate: str | None) -> str | None:
         """Why one reply does not speculate (None: it does): no draft, a grammar, or the reply's own setting."""
@@ -64,9 +72,11 @@ def setup(model: Any, folder: Any, settings: dict[str, Any]) -> SpecSetup:
     ``auto`` speculates when at least a third of the target's layers is offloaded (`offloaded_share`):
     then a forward over a tree costs about what one token costs. A resident target on a CPU is
     compute-bound (a 33-token forward costs many times a 1-token one), so a tree would lose there.
-    The draft is ``settings["draft"]`` (a folder with the same vocabulary) or the target's own
-    folder, held entirely in RAM: ``draft_quant`` ("none", "int8", "int4-g64"), else the first of
-    `_draft_quants` that fits the free RAM.
+    The draft is ``settings["draft"]`` (a GGUF file, or a folder with the same vocabulary) or the
+    target's own folder, held entirely in RAM. When that is a GGUF file or a folder converted from
+    one, the GGUF file drafts in llama.cpp (`torch_spec_llama`; ``draft_quant`` "gguf", the
+    default there); else transformers loads the folder with ``draft_quant`` ("none", "int8",
+    "int4-g64"), or the first of `_draft_quants` that fits the free RAM.
     """
     import psutil
 
@@ -94,6 +104,11 @@ def setup(model: Any, folder: Any, settings: dict[str, Any]) -> SpecSetup:
 
     source = Path(str(settings.get("draft") or folder))
     target_vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    gguf = gguf_source(source)
+    if gguf is not None and settings.get("draft_quant") in (None, "gguf"):
+        return _llama_draft(gguf, target_vocab, share, shape, settings)
+    if settings.get("draft_quant") == "gguf":
+        return SpecSetup(None, f"No SpecExec: draft_quant is gguf, but {source.name} is neither a GGUF file nor converted from one.", shape)
     draft_config = _read_config(source)
     if int(draft_config.get("vocab_size") or 0) != target_vocab:
         return SpecSetup(None, f"No SpecExec: the draft {source.name} has a vocabulary of {draft_config.get('vocab_size')} tokens, "
@@ -115,6 +130,45 @@ def setup(model: Any, folder: Any, settings: dict[str, Any]) -> SpecSetup:
                      f"grows a tree of up to {shape.budget} tokens that the target checks in one forward.", shape)
 
 
+def gguf_source(source: Any) -> Any:
+    """The GGUF file behind a draft source: the file itself, or the one a cached folder was
+    converted from (`hf_folder.MARKER`); None for a plain HF folder."""
+    from pathlib import Path
+
+    from app.runtime.hf_folder import MARKER
+
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    try:
+        named = Path((path / MARKER).read_text(encoding="utf-8").strip())
+    except OSError:
+        return None
+    return named if named.is_file() else None
+
+
+def _llama_draft(gguf: Any, target_vocab: int, share: float, shape: TreeShape, settings: dict[str, Any]) -> SpecSetup:
+    """The GGUF file in llama.cpp as the draft (`torch_spec_llama`): the quantized model the target
+    was converted from, several times faster per token than a float32 copy in transformers."""
+    import psutil
+
+    from app.runtime.backends.torch_spec_llama import LlamaDraft
+
+    free, need = psutil.virtual_memory().available, gguf.stat().st_size + DRAFT_MARGIN
+    if need > free:
+        return SpecSetup(None, f"No SpecExec: the draft {gguf.name} needs {need / 2**30:.1f} GiB of RAM; {free / 2**30:.1f} GiB is free.", shape)
+    n_ctx = int(settings.get("n_ctx") or 2048) + shape.budget + 2
+    draft = LlamaDraft(gguf, n_ctx=n_ctx, n_threads=settings.get("threads"))
+    if draft.n_vocab != target_vocab:
+        draft.close()
+        return SpecSetup(None, f"No SpecExec: the draft {gguf.name} has a vocabulary of {draft.n_vocab} tokens, the target "
+                               f"{target_vocab}; a draft must share the target's vocabulary.", shape)
+    log.info("SpecExec draft: %s in llama.cpp (%.2f s to load); %.0f%% of the target's layers are offloaded", gguf.name, draft.load_seconds, share * 100)
+    return SpecSetup(draft, f"SpecExec: {share:.0%} of the target's layers are offloaded, so {gguf.name}, the quantized file it was "
+                            f"converted from, drafts in llama.cpp: a chain of guesses with runners-up, up to {shape.budget} tokens that "
+                            "the target checks in one forward.", shape)
+
+
 def _draft_quants(wanted: Any) -> list[str]:
     """The draft's weight types to try, best first: the one asked for; else the full model when
     int8 has not been measured faster on this CPU (`hearth bench kernels`), then int8, then int4."""
@@ -122,7 +176,7 @@ def _draft_quants(wanted: Any) -> list[str]:
         if str(wanted) not in DRAFT_BYTES:
             from app.runtime.protocol import ErrorKind, RuntimeFailure
 
-            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"draft_quant must be one of {', '.join(DRAFT_BYTES)}, not {wanted!r}")
+            raise RuntimeFailure(ErrorKind.INVALID_PARAMS, f"draft_quant must be one of {', '.join(DRAFT_QUANTS)}, not {wanted!r}")
         return [str(wanted)]
     from app.runtime.quantize.torch_quant import cpu_speedup
 
