@@ -5,12 +5,17 @@ Speculation pays only when verifying k + 1 tokens costs much less than k + 1 sin
 ratio depends on the machine (compute- or memory-bound) and on the model, so it is measured, at
 the first reply that could speculate, right where the model runs: the batches are decoded at the
 end of the context's held tokens and forgotten again (`KvSequence.cut`), so the conversation's
-cache is untouched. Sizes are measured interleaved, each several times, and the fastest of each
-kept (the least disturbed by other work on the machine).
+cache is untouched. Sizes are measured interleaved, each several times, and the median of each
+kept (the fastest would flatter the batches, whose timings scatter more). One token is timed as plain decoding pays
+it: a run of ``SINGLE_RUN`` single-token decodes one after the other, averaged. Timed alone, one
+decode after a cut cost 1.3-1.5x what each of a run costs on this machine (llama.cpp's threads
+wake for it), which made every batch look cheap beside it and the cost model promise speed-ups
+that never came (measured ÷ predicted 0.62 on the copying bench).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +23,9 @@ from typing import Any
 from app.runtime.measurements import VERIFY_COST, MeasurementStore
 from app.runtime.planner.speculation import VerifyCurve
 
-SIZES = (1, 2, 3, 5, 9)
-REPEATS = 2
+SIZES = (1, 2, 3, 5, 9, 13)  # 13: the longest verify (planner.speculation.K_MAX guesses and the pending token)
+REPEATS = 3
+SINGLE_RUN = 8  # one token's cost: the mean of this many consecutive single-token decodes
 
 
 def curve_key(llm: Any) -> str:
@@ -32,24 +38,29 @@ def measure(kv: Any, *, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
     """Seconds per batch size, on ``kv``'s context at its current end; None when there is no room."""
     base = kv.n
     sizes = tuple(n for n in sizes if n <= kv.n_batch)
-    if base + max(sizes) + 1 > kv.n_ctx:
+    if base + max(*sizes, SINGLE_RUN) + 1 > kv.n_ctx:
         return None
     filler = (kv.held()[-max(sizes):] if base else []) or [0]
     tokens = (filler * (max(sizes) // len(filler) + 1))[: max(sizes)]
-    best: dict[int, float] = {}
+    times: dict[int, list[float]] = {n: [] for n in sizes}
     try:
         kv.decode(tokens[:2], all_logits=True)  # warm-up: first-use allocations are not the cost
         kv.cut(base)
         for _ in range(repeats):
             for n in sizes:
                 started = time.perf_counter()
-                kv.decode(tokens[:n], all_logits=True)
-                took = time.perf_counter() - started
+                if n == 1:
+                    for token in (tokens * SINGLE_RUN)[:SINGLE_RUN]:
+                        kv.decode([token])
+                    took = (time.perf_counter() - started) / SINGLE_RUN
+                else:
+                    kv.decode(tokens[:n], all_logits=True)
+                    took = time.perf_counter() - started
                 kv.cut(base)
-                best[n] = min(best.get(n, took), took)
+                times[n].append(took)
     finally:
         kv.cut(base)
-    return VerifyCurve(monotone(best))
+    return VerifyCurve(monotone({n: statistics.median(t) for n, t in times.items()}))
 
 
 def monotone(seconds: dict[int, float]) -> dict[int, float]:
