@@ -64,6 +64,9 @@ def _run(backend: Any, messages: list[dict[str, str]], sampling: Sampling, draft
 
 
 def _predicted(drafter: Any, tokens: int, curve: VerifyCurve) -> float | None:
+    choice = getattr(drafter, "choice", None)
+    if choice is not None and not choice.on:
+        return 1.0  # the planner kept the reply plain: it predicts plain decoding's speed
     sizes = list(getattr(drafter, "drafted_sizes", []))
     if tokens < 2 or not sizes:
         return None

@@ -7,10 +7,10 @@ the first reply that could speculate, right where the model runs: the batches ar
 end of the context's held tokens and forgotten again (`KvSequence.cut`), so the conversation's
 cache is untouched. Sizes are measured interleaved, each several times, and the median of each
 kept (the fastest would flatter the batches, whose timings scatter more). One token is timed as plain decoding pays
-it: a run of ``SINGLE_RUN`` single-token decodes one after the other, averaged. Timed alone, one
-decode after a cut cost 1.3-1.5x what each of a run costs on this machine (llama.cpp's threads
-wake for it), which made every batch look cheap beside it and the cost model promise speed-ups
-that never came (measured ÷ predicted 0.62 on the copying bench).
+it: the median of a run of ``SINGLE_RUN`` single-token decodes one after the other. Timed alone,
+one decode after a batch costs up to 1.5x what each of a run costs on this machine (it takes a few
+decodes to get back to speed), which made every batch look cheap beside it and the cost model
+promise speed-ups that never came (measured ÷ predicted 0.62 on the copying bench).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.runtime.planner.speculation import VerifyCurve
 
 SIZES = (1, 2, 3, 5, 9, 13)  # 13: the longest verify (planner.speculation.K_MAX guesses and the pending token)
 REPEATS = 3
-SINGLE_RUN = 8  # one token's cost: the mean of this many consecutive single-token decodes
+SINGLE_RUN = 16  # one token's cost: the median of this many consecutive single-token decodes
 
 
 def curve_key(llm: Any) -> str:
@@ -50,9 +50,7 @@ def measure(kv: Any, *, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
             for n in sizes:
                 started = time.perf_counter()
                 if n == 1:
-                    for token in (tokens * SINGLE_RUN)[:SINGLE_RUN]:
-                        kv.decode([token])
-                    took = (time.perf_counter() - started) / SINGLE_RUN
+                    took = _single_decode(kv, tokens)
                 else:
                     kv.decode(tokens[:n], all_logits=True)
                     took = time.perf_counter() - started
@@ -61,6 +59,17 @@ def measure(kv: Any, *, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
     finally:
         kv.cut(base)
     return VerifyCurve(monotone({n: statistics.median(t) for n, t in times.items()}))
+
+
+def _single_decode(kv: Any, tokens: list[int]) -> float:
+    """Seconds per token of a run of single-token decodes, as plain decoding makes them: the median
+    of the run, since the first few after a batch run up to 1.5x slower on this machine."""
+    times = []
+    for token in (tokens * SINGLE_RUN)[:SINGLE_RUN]:
+        started = time.perf_counter()
+        kv.decode([token])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def monotone(seconds: dict[int, float]) -> dict[int, float]:
