@@ -20,15 +20,13 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from app.runtime.backends.context import common_prefix
-from app.runtime.backends.torch_spec import PENALTY_LAST_N, Tree, TreeShape
+from app.runtime.backends.torch_spec import PENALTY_LAST_N, Tree, TreeShape, greedy_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +37,13 @@ class LlamaDraft:
     kind = "gguf"
 
     def __init__(self, path: str | Path, *, n_ctx: int, n_threads: int | None = None) -> None:
-        import llama_cpp
-
-        from app.runtime.backends.llama_kv import KvSequence
+        from app.runtime.spec.draft_model import DraftModel  # the same second context the llama.cpp loop's drafts use
 
         self.path = Path(path)
-        started = time.perf_counter()
-        self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_gpu_layers=0,
-                                   n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
-        self.kv = KvSequence(self.llm)
+        self._context = DraftModel(self.path, n_ctx=n_ctx, n_gpu_layers=0, n_threads=n_threads)
+        self.kv = self._context.kv
         self.n_vocab = self.kv.n_vocab
-        self.load_seconds = time.perf_counter() - started
+        self.load_seconds = self._context.load_seconds
 
     def grow(self, history: Sequence[int], shape: TreeShape, *, depth_limit: int, penalty: float = 1.0,
              agree: float | None = None) -> tuple[Tree, list[int | None]]:
@@ -111,19 +105,13 @@ class LlamaDraft:
         self.kv.cut(0)
 
     def close(self) -> None:
-        kv, llm = getattr(self, "kv", None), getattr(self, "llm", None)
-        self.kv, self.llm = None, None  # type: ignore[assignment]
-        if kv is not None:
-            kv.close()
-        if llm is not None:
-            llm.close()
+        self.kv = None  # type: ignore[assignment]
+        self._context.close()
 
 
 def _ranked(logits: np.ndarray, recent: Sequence[int], penalty: float, branch: int, agree: float | None) -> list[tuple[int, float]]:
     """The ``branch`` best tokens with their log-scores, best first: draft log-probabilities after
     the target's repeat penalty, or the arg-max target's chances (`torch_spec.greedy_scores`)."""
-    from app.runtime.backends.torch_spec import greedy_scores
-
     x = np.array(logits, dtype=np.float64)
     if recent:
         picked = x[list(recent)]
