@@ -28,10 +28,16 @@ REPEATS = 3
 SINGLE_RUN = 16  # one token's cost: the median of this many consecutive single-token decodes
 
 
+def cost_key(path: str | Path, n_gpu_layers: int, threads: int | None) -> str:
+    """The measurement store's key for a model as loaded (its file, GPU layers and threads): what a
+    verify curve or a draft token's cost depends on besides the machine. The engine builds it from
+    the plan, before anything is loaded."""
+    return f"{Path(str(path)).name}|ngl{int(n_gpu_layers)}|t{int(threads or 0)}"
+
+
 def curve_key(llm: Any) -> str:
-    """What the curve depends on besides the machine: the model file and how it is run."""
-    params = llm.context_params
-    return f"{Path(str(llm.model_path)).name}|ngl{int(llm.model_params.n_gpu_layers)}|t{int(params.n_threads)}"
+    """`cost_key` of a loaded model."""
+    return cost_key(llm.model_path, llm.model_params.n_gpu_layers, llm.context_params.n_threads)
 
 
 def measure(kv: Any, *, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> VerifyCurve | None:

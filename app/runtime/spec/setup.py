@@ -32,6 +32,7 @@ from app.runtime.planner import speculation as plan
 from app.runtime.planner.speculation import VerifyCurve
 from app.runtime.protocol import ErrorKind, RuntimeFailure
 from app.runtime.spec.adaptive import AdaptiveDrafter
+from app.runtime.spec.costs import cost_key
 from app.runtime.spec.lookup import PromptLookup
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,6 @@ def check_mode(mode: str | None) -> tuple[str, str | None]:
         return plan.parse_mode(mode)
     except ValueError as exc:
         raise RuntimeFailure(ErrorKind.INVALID_PARAMS, str(exc)) from exc
-
-
-def cost_key(path: str | Path, n_gpu_layers: int, threads: int | None) -> str:
-    """The measurement store's key for a model as loaded: `spec.costs.curve_key` without the loaded
-    model (the engine reads the curve before it decides, from the plan's settings)."""
-    return f"{Path(str(path)).name}|ngl{int(n_gpu_layers)}|t{int(threads or 0)}"
 
 
 _UNSET: Any = object()
